@@ -1,0 +1,247 @@
+"""Weight conversion between this package's models and Hugging Face `transformers` (GPT-2, BERT)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .transformer import (
+    GPT,
+    EncoderConfig,
+    EncoderForMaskedLM,
+    GPTConfig,
+    TransformerConfig,
+    TransformerEncoder,
+)
+
+_HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+_OUR_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
+
+
+def _activation_from_hf(name: str) -> str:
+    if name not in _HF_ACT:
+        raise ValueError(f"unsupported Hugging Face activation {name!r}; supported: {sorted(_HF_ACT)}")
+    return _HF_ACT[name]
+
+
+def _load_exact(module: nn.Module, state: dict[str, Tensor], what: str) -> None:
+    """Load `state` into `module`, failing with the names of missing or unexpected tensors."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    own = {k for k, _ in module.named_buffers()}
+    missing = [k for k in missing if k not in own]
+    if missing or unexpected:
+        raise ValueError(f"cannot convert {what}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+# ---------------------------------------------------------------- GPT-2
+
+
+def gpt_config_from_hf(hf_config) -> GPTConfig:
+    """Our GPTConfig equivalent of a `transformers.GPT2Config`."""
+    if getattr(hf_config, "scale_attn_by_inverse_layer_idx", False) or getattr(
+        hf_config, "reorder_and_upcast_attn", False
+    ):
+        raise ValueError("GPT-2 variants with scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn are not supported")
+    return GPTConfig(
+        vocab_size=hf_config.vocab_size,
+        max_len=hf_config.n_positions,
+        d_model=hf_config.n_embd,
+        n_heads=hf_config.n_head,
+        n_layers=hf_config.n_layer,
+        d_ff=hf_config.n_inner or 4 * hf_config.n_embd,
+        dropout=hf_config.resid_pdrop,
+        attn_dropout=hf_config.attn_pdrop,
+        activation=_activation_from_hf(hf_config.activation_function),
+        layer_norm_eps=hf_config.layer_norm_epsilon,
+        tie_word_embeddings=getattr(hf_config, "tie_word_embeddings", True),
+    )
+
+
+def gpt_config_to_hf(cfg: TransformerConfig):
+    """A `transformers.GPT2Config` with the same sizes as our config."""
+    from transformers import GPT2Config
+
+    if cfg.position != "learned" or not cfg.norm_first or cfg.type_vocab_size or cfg.embedding_norm:
+        raise ValueError("only pre-LN GPTs with learned positions and no segment embeddings map to GPT-2")
+    return GPT2Config(
+        vocab_size=cfg.vocab_size, n_positions=cfg.max_len, n_embd=cfg.d_model, n_layer=cfg.n_layers,
+        n_head=cfg.n_heads, n_inner=cfg.d_ff, activation_function=_OUR_ACT[cfg.activation],
+        resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.attn_dropout,
+        layer_norm_epsilon=cfg.layer_norm_eps, tie_word_embeddings=cfg.tie_word_embeddings,
+        bos_token_id=None, eos_token_id=None,
+    )
+
+
+def _gpt_pairs(n_layers: int) -> list[tuple[str, str, bool]]:
+    """(our key, GPT-2 key, transpose?) pairs; GPT-2's Conv1D stores weights as (in, out)."""
+    pairs = [
+        ("transformer.embeddings.word.weight", "transformer.wte.weight", False),
+        ("transformer.embeddings.position.embedding.weight", "transformer.wpe.weight", False),
+        ("transformer.final_norm.weight", "transformer.ln_f.weight", False),
+        ("transformer.final_norm.bias", "transformer.ln_f.bias", False),
+    ]
+    for i in range(n_layers):
+        ours, hf = f"transformer.layers.{i}.", f"transformer.h.{i}."
+        for o, h in [("norm1", "ln_1"), ("norm2", "ln_2")]:
+            pairs += [(ours + o + ".weight", hf + h + ".weight", False), (ours + o + ".bias", hf + h + ".bias", False)]
+        for o, h in [("attn.in_proj", "attn.c_attn"), ("attn.out_proj", "attn.c_proj"),
+                     ("ffn.fc1", "mlp.c_fc"), ("ffn.fc2", "mlp.c_proj")]:
+            pairs += [(ours + o + ".weight", hf + h + ".weight", True), (ours + o + ".bias", hf + h + ".bias", False)]
+    return pairs
+
+
+def gpt_from_hf(hf_model) -> GPT:
+    """Our GPT with the weights of a `transformers.GPT2LMHeadModel`."""
+    cfg = gpt_config_from_hf(hf_model.config)
+    model = GPT(cfg)
+    src = hf_model.state_dict()
+    state = {o: (src[h].t() if t else src[h]).clone() for o, h, t in _gpt_pairs(cfg.n_layers)}
+    state["lm_head.weight"] = src["lm_head.weight"].clone() if not cfg.tie_word_embeddings else state[
+        "transformer.embeddings.word.weight"]
+    _load_exact(model, state, "GPT2LMHeadModel")
+    return model
+
+
+def gpt_to_hf(model: GPT):
+    """A `transformers.GPT2LMHeadModel` with the weights of our GPT."""
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel(gpt_config_to_hf(model.cfg))
+    src = model.state_dict()
+    state = {h: (src[o].t() if t else src[o]).contiguous().clone() for o, h, t in _gpt_pairs(model.cfg.n_layers)}
+    state["lm_head.weight"] = src["lm_head.weight"].clone()
+    _load_exact(hf, state, "GPT to GPT2LMHeadModel")
+    hf.eval()
+    return hf
+
+
+# ---------------------------------------------------------------- BERT
+
+
+def encoder_config_from_hf(hf_config) -> EncoderConfig:
+    """Our EncoderConfig equivalent of a `transformers.BertConfig`."""
+    if getattr(hf_config, "position_embedding_type", "absolute") != "absolute":
+        raise ValueError("only BERT models with absolute position embeddings are supported")
+    return EncoderConfig(
+        vocab_size=hf_config.vocab_size,
+        max_len=hf_config.max_position_embeddings,
+        d_model=hf_config.hidden_size,
+        n_heads=hf_config.num_attention_heads,
+        n_layers=hf_config.num_hidden_layers,
+        d_ff=hf_config.intermediate_size,
+        dropout=hf_config.hidden_dropout_prob,
+        attn_dropout=hf_config.attention_probs_dropout_prob,
+        activation=_activation_from_hf(hf_config.hidden_act),
+        layer_norm_eps=hf_config.layer_norm_eps,
+        type_vocab_size=hf_config.type_vocab_size,
+        pad_token_id=hf_config.pad_token_id or 0,
+    )
+
+
+def encoder_config_to_hf(cfg: TransformerConfig):
+    """A `transformers.BertConfig` with the same sizes as our config."""
+    from transformers import BertConfig
+
+    if cfg.position != "learned" or cfg.norm_first or not cfg.embedding_norm or not cfg.type_vocab_size:
+        raise ValueError("only post-LN encoders with learned positions and segment embeddings map to BERT")
+    return BertConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads, intermediate_size=cfg.d_ff, hidden_act=_OUR_ACT[cfg.activation],
+        hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.attn_dropout,
+        max_position_embeddings=cfg.max_len, type_vocab_size=cfg.type_vocab_size,
+        layer_norm_eps=cfg.layer_norm_eps, pad_token_id=cfg.pad_token_id,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+    )
+
+
+def _bert_pairs(n_layers: int, ours: str, hf: str, pooler: bool) -> list[tuple[str, str]]:
+    """(our key, BERT key) pairs for everything but the fused Q/K/V projection."""
+    e = hf + "embeddings."
+    pairs = [
+        (ours + "stack.embeddings.word.weight", e + "word_embeddings.weight"),
+        (ours + "stack.embeddings.position.embedding.weight", e + "position_embeddings.weight"),
+        (ours + "stack.embeddings.token_type.weight", e + "token_type_embeddings.weight"),
+        (ours + "stack.embeddings.norm.weight", e + "LayerNorm.weight"),
+        (ours + "stack.embeddings.norm.bias", e + "LayerNorm.bias"),
+    ]
+    for i in range(n_layers):
+        o, h = f"{ours}stack.layers.{i}.", f"{hf}encoder.layer.{i}."
+        for a, b in [("attn.out_proj", "attention.output.dense"), ("norm1", "attention.output.LayerNorm"),
+                     ("ffn.fc1", "intermediate.dense"), ("ffn.fc2", "output.dense"), ("norm2", "output.LayerNorm")]:
+            pairs += [(o + a + ".weight", h + b + ".weight"), (o + a + ".bias", h + b + ".bias")]
+    if pooler:
+        pairs += [(ours + "pooler.0.weight", hf + "pooler.dense.weight"), (ours + "pooler.0.bias", hf + "pooler.dense.bias")]
+    return pairs
+
+
+_MLM_PAIRS = [
+    ("mlm_head.dense.weight", "cls.predictions.transform.dense.weight"),
+    ("mlm_head.dense.bias", "cls.predictions.transform.dense.bias"),
+    ("mlm_head.norm.weight", "cls.predictions.transform.LayerNorm.weight"),
+    ("mlm_head.norm.bias", "cls.predictions.transform.LayerNorm.bias"),
+    ("mlm_head.decoder.bias", "cls.predictions.bias"),
+]
+
+
+def _bert_to_ours(src: dict, n_layers: int, ours: str, hf: str, pooler: bool) -> dict[str, Tensor]:
+    state = {o: src[h].clone() for o, h in _bert_pairs(n_layers, ours, hf, pooler)}
+    for i in range(n_layers):
+        s = f"{hf}encoder.layer.{i}.attention.self."
+        o = f"{ours}stack.layers.{i}.attn.in_proj."
+        for p in ("weight", "bias"):
+            state[o + p] = torch.cat([src[s + n + "." + p] for n in ("query", "key", "value")]).clone()
+    return state
+
+
+def _ours_to_bert(src: dict, n_layers: int, ours: str, hf: str, pooler: bool) -> dict[str, Tensor]:
+    state = {h: src[o].clone() for o, h in _bert_pairs(n_layers, ours, hf, pooler)}
+    for i in range(n_layers):
+        s = f"{hf}encoder.layer.{i}.attention.self."
+        o = f"{ours}stack.layers.{i}.attn.in_proj."
+        for p in ("weight", "bias"):
+            for n, t in zip(("query", "key", "value"), src[o + p].chunk(3)):
+                state[s + n + "." + p] = t.clone()
+    return state
+
+
+def encoder_from_hf(hf_model) -> TransformerEncoder | EncoderForMaskedLM:
+    """Our encoder from a `transformers.BertModel`, or our EncoderForMaskedLM from a `BertForMaskedLM`."""
+    cfg = encoder_config_from_hf(hf_model.config)
+    src = hf_model.state_dict()
+    n = cfg.n_layers
+    if type(hf_model).__name__ == "BertForMaskedLM":
+        model = EncoderForMaskedLM(cfg)
+        state = _bert_to_ours(src, n, "encoder.", "bert.", pooler=False)
+        state.update({o: src[h].clone() for o, h in _MLM_PAIRS})
+        state["mlm_head.decoder.weight"] = src["cls.predictions.decoder.weight"].clone()
+    elif type(hf_model).__name__ == "BertModel":
+        pooler = getattr(hf_model, "pooler", None) is not None
+        model = TransformerEncoder(cfg, add_pooler=pooler)
+        state = _bert_to_ours(src, n, "", "", pooler)
+    else:
+        raise ValueError(f"expected BertModel or BertForMaskedLM, got {type(hf_model).__name__}")
+    _load_exact(model, state, type(hf_model).__name__)
+    return model.eval()
+
+
+def encoder_to_hf(model: TransformerEncoder | EncoderForMaskedLM):
+    """A `transformers.BertModel` (or `BertForMaskedLM`) with the weights of our encoder."""
+    from transformers import BertForMaskedLM, BertModel
+
+    n = model.cfg.n_layers
+    hf_cfg = encoder_config_to_hf(model.cfg)
+    src = model.state_dict()
+    if isinstance(model, EncoderForMaskedLM):
+        hf = BertForMaskedLM(hf_cfg)
+        state = _ours_to_bert(src, n, "encoder.", "bert.", pooler=False)
+        state.update({h: src[o].clone() for o, h in _MLM_PAIRS})
+        state["cls.predictions.decoder.weight"] = src["mlm_head.decoder.weight"].clone()
+        state["cls.predictions.decoder.bias"] = src["mlm_head.decoder.bias"].clone()
+    elif isinstance(model, TransformerEncoder):
+        pooler = model.pooler is not None
+        hf = BertModel(hf_cfg, add_pooling_layer=pooler)
+        state = _ours_to_bert(src, n, "", "", pooler)
+    else:
+        raise ValueError(f"expected TransformerEncoder or EncoderForMaskedLM, got {type(model).__name__}")
+    _load_exact(hf, state, f"{type(model).__name__} to BERT")
+    return hf.eval()

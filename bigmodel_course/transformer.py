@@ -1,0 +1,449 @@
+"""Transformer building blocks and models: a BERT-style encoder and a decoder-only GPT, with task heads."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import KVCache, MultiHeadAttention
+from .positional import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding
+
+ACTIVATIONS = {"gelu": lambda: nn.GELU(), "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU}
+POSITIONS = ("learned", "sinusoidal", "rotary")
+
+
+@dataclass
+class TransformerConfig:
+    """Sizes and choices shared by every model in the package."""
+
+    vocab_size: int
+    max_len: int = 512
+    d_model: int = 256
+    n_heads: int = 4
+    n_layers: int = 4
+    d_ff: int | None = None  # defaults to 4 * d_model
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    activation: str = "gelu"
+    norm_first: bool = True  # pre-LN (GPT-2) when True, post-LN (original Transformer, BERT) when False
+    layer_norm_eps: float = 1e-5
+    position: str = "learned"
+    type_vocab_size: int = 0  # segment embeddings (BERT uses 2)
+    embedding_norm: bool = False  # LayerNorm after the embedding sum (BERT)
+    tie_word_embeddings: bool = True
+    pad_token_id: int = 0
+    num_labels: int = 2
+    fused_attention: bool = True
+
+    def __post_init__(self) -> None:
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        for name in ("vocab_size", "max_len", "d_model", "n_heads", "n_layers", "d_ff", "num_labels"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(f"n_heads={self.n_heads} does not divide d_model={self.d_model}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; expected one of {sorted(ACTIVATIONS)}")
+        if self.position not in POSITIONS:
+            raise ValueError(f"unknown position encoding {self.position!r}; expected one of {POSITIONS}")
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.attn_dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout} and {self.attn_dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TransformerConfig":
+        """Build a config from a dict, rejecting unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class EncoderConfig(TransformerConfig):
+    """BERT-style defaults: post-LN, exact GELU, segment embeddings, LayerNorm on embeddings."""
+
+    norm_first: bool = False
+    layer_norm_eps: float = 1e-12
+    type_vocab_size: int = 2
+    embedding_norm: bool = True
+
+
+@dataclass
+class GPTConfig(TransformerConfig):
+    """GPT-2-style defaults: pre-LN, tanh-approximated GELU, tied LM head."""
+
+    activation: str = "gelu_tanh"
+
+
+@dataclass
+class ModelOutput:
+    """What a model returns; fields a model does not compute stay None."""
+
+    last_hidden_state: Tensor | None = None
+    logits: Tensor | None = None
+    loss: Tensor | None = None
+    pooled: Tensor | None = None
+    attentions: list[Tensor] | None = None
+
+
+class Embeddings(nn.Module):
+    """Token embedding + position encoding (+ segment embedding, + LayerNorm), then dropout."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.word = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.position: nn.Module | None = None
+        if cfg.position == "learned":
+            self.position = LearnedPositionalEmbedding(cfg.max_len, cfg.d_model)
+        elif cfg.position == "sinusoidal":
+            self.position = SinusoidalPositionalEncoding(cfg.max_len, cfg.d_model)
+        self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.embedding_norm else None
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None, offset: int = 0) -> Tensor:
+        """Embed (B, T) token ids whose first token sits at position `offset`."""
+        check_token_ids(input_ids, self.cfg.vocab_size, "input_ids")
+        T = input_ids.shape[1]
+        if offset + T > self.cfg.max_len:
+            raise ValueError(
+                f"sequence of {offset + T} tokens is longer than max_len={self.cfg.max_len} "
+                f"(the position table)"
+            )
+        x = self.word(input_ids)
+        if self.position is not None:
+            x = x + self.position(T, offset)
+        if self.token_type is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            check_token_ids(token_type_ids, self.cfg.type_vocab_size, "token_type_ids")
+            if token_type_ids.shape != input_ids.shape:
+                raise ValueError(
+                    f"token_type_ids has shape {tuple(token_type_ids.shape)}, input_ids {tuple(input_ids.shape)}"
+                )
+            x = x + self.token_type(token_type_ids)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.drop(x)
+
+
+def check_token_ids(ids: Tensor, vocab_size: int, name: str = "input_ids") -> None:
+    """Raise ValueError unless `ids` is a (batch, length) integer tensor with values in [0, vocab_size)."""
+    if not isinstance(ids, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor (torch.long), got {ids.dtype}")
+    if ids.dim() != 2:
+        raise ValueError(f"{name} must have shape (batch, length), got {tuple(ids.shape)}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(
+            f"{name} values must lie in [0, {vocab_size}), got min={int(ids.min())}, max={int(ids.max())}"
+        )
+
+
+def _check_attention_mask(mask: Tensor | None, batch: int, length: int) -> None:
+    if mask is not None and (mask.dim() != 2 or tuple(mask.shape) != (batch, length)):
+        raise ValueError(
+            f"attention_mask has shape {tuple(mask.shape)}; expected (batch={batch}, length={length})"
+        )
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward network: Linear(d, d_ff) → activation → Linear(d_ff, d) → dropout."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.act = ACTIVATIONS[cfg.activation]()
+        self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the same two-layer MLP at every position."""
+        return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+class TransformerBlock(nn.Module):
+    """Multi-head self-attention and feed-forward, each wrapped in a residual connection and LayerNorm.
+
+    pre-LN:  x = x + Attn(LN(x));  x = x + FFN(LN(x))
+    post-LN: x = LN(x + Attn(x));  x = LN(x + FFN(x))
+    """
+
+    def __init__(self, cfg: TransformerConfig, causal: bool = False) -> None:
+        super().__init__()
+        self.norm_first, self.causal = cfg.norm_first, causal
+        rotary = RotaryEmbedding(cfg.head_dim, cfg.max_len) if cfg.position == "rotary" else None
+        self.attn = MultiHeadAttention(
+            cfg.d_model, cfg.n_heads, cfg.attn_dropout, fused=cfg.fused_attention, rotary=rotary
+        )
+        self.attn_drop = nn.Dropout(cfg.dropout)
+        self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.ffn = FeedForward(cfg)
+        self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+
+    def forward(
+        self,
+        x: Tensor,
+        attention_mask: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        return_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Transform x (B, T, d); returns (x, attention weights or None)."""
+        def attend(h: Tensor) -> tuple[Tensor, Tensor | None]:
+            out, w = self.attn(
+                h, attention_mask=attention_mask, is_causal=self.causal,
+                kv_cache=kv_cache, return_weights=return_weights,
+            )
+            return self.attn_drop(out), w
+
+        if self.norm_first:
+            a, w = attend(self.norm1(x))
+            x = x + a
+            x = x + self.ffn(self.norm2(x))
+        else:
+            a, w = attend(x)
+            x = self.norm1(x + a)
+            x = self.norm2(x + self.ffn(x))
+        return x, w
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """BERT/GPT-2 initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, 0.0, std)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class TransformerStack(nn.Module):
+    """Embeddings followed by n_layers blocks (and a final LayerNorm for pre-LN models)."""
+
+    def __init__(self, cfg: TransformerConfig, causal: bool) -> None:
+        super().__init__()
+        self.cfg, self.causal = cfg, causal
+        self.embeddings = Embeddings(cfg)
+        self.layers = nn.ModuleList(TransformerBlock(cfg, causal) for _ in range(cfg.n_layers))
+        self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.norm_first else None
+
+    def new_cache(self) -> list[KVCache]:
+        """An empty KV cache, one entry per layer, for incremental decoding."""
+        return [KVCache() for _ in self.layers]
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        kv_cache: list[KVCache] | None = None,
+        return_attention: bool = False,
+    ) -> ModelOutput:
+        """Hidden states (B, T, d) for token ids (B, T); attention_mask (B, past + T) marks real tokens."""
+        check_token_ids(input_ids, self.cfg.vocab_size)
+        past = 0
+        if kv_cache is not None:
+            if not self.causal:
+                raise ValueError("a KV cache only makes sense for a causal (decoder) model")
+            if len(kv_cache) != len(self.layers):
+                raise ValueError(f"kv_cache has {len(kv_cache)} entries, the model {len(self.layers)} layers")
+            past = len(kv_cache[0])
+        B, T = input_ids.shape
+        _check_attention_mask(attention_mask, B, past + T)
+        x = self.embeddings(input_ids, token_type_ids, offset=past)
+        attentions = []
+        for i, layer in enumerate(self.layers):
+            cache = None if kv_cache is None else kv_cache[i]
+            x, w = layer(x, attention_mask, cache, return_attention)
+            attentions.append(w)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return ModelOutput(last_hidden_state=x, attentions=attentions if return_attention else None)
+
+
+def _classification_loss(logits: Tensor, labels: Tensor | None) -> Tensor | None:
+    if labels is None:
+        return None
+    if labels.shape != logits.shape[:1]:
+        raise ValueError(f"labels must have shape ({logits.shape[0]},), got {tuple(labels.shape)}")
+    return F.cross_entropy(logits, labels)
+
+
+class TransformerEncoder(nn.Module):
+    """A BERT-style bidirectional encoder, optionally with a pooler (dense + tanh on [CLS])."""
+
+    def __init__(self, cfg: TransformerConfig, add_pooler: bool = True) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.stack = TransformerStack(cfg, causal=False)
+        self.pooler = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.Tanh()) if add_pooler else None
+        self.apply(init_weights)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        return_attention: bool = False,
+    ) -> ModelOutput:
+        """Contextual vectors for every token, and the pooled [CLS] vector when there is a pooler."""
+        out = self.stack(input_ids, attention_mask, token_type_ids, return_attention=return_attention)
+        if self.pooler is not None:
+            out.pooled = self.pooler(out.last_hidden_state[:, 0])
+        return out
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's MLM head: dense → activation → LayerNorm → vocabulary projection (tied) + bias."""
+
+    def __init__(self, cfg: TransformerConfig, word_embeddings: nn.Embedding) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
+        self.act = ACTIVATIONS[cfg.activation]()
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.decoder = nn.Linear(cfg.d_model, cfg.vocab_size)
+        if cfg.tie_word_embeddings:
+            self.decoder.weight = word_embeddings.weight
+
+    def forward(self, h: Tensor) -> Tensor:
+        """Vocabulary logits for each position."""
+        return self.decoder(self.norm(self.act(self.dense(h))))
+
+
+class EncoderForMaskedLM(nn.Module):
+    """Encoder + MLM head; loss is cross-entropy over positions whose label is not -100."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = TransformerEncoder(cfg, add_pooler=False)
+        self.mlm_head = MaskedLMHead(cfg, self.encoder.stack.embeddings.word)
+        self.mlm_head.apply(init_weights)
+        nn.init.zeros_(self.mlm_head.decoder.bias)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, return_attention=False):
+        """Logits (B, T, vocab) and, given labels (B, T), the masked-LM loss."""
+        out = self.encoder(input_ids, attention_mask, token_type_ids, return_attention)
+        out.logits = self.mlm_head(out.last_hidden_state)
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
+            out.loss = F.cross_entropy(out.logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return out
+
+
+class EncoderForSequenceClassification(nn.Module):
+    """Encoder + pooler + dropout + linear classifier (BertForSequenceClassification layout)."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = TransformerEncoder(cfg, add_pooler=True)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.classifier = nn.Linear(cfg.d_model, cfg.num_labels)
+        init_weights(self.classifier)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, return_attention=False):
+        """Class logits (B, num_labels) and, given labels (B,), the cross-entropy loss."""
+        out = self.encoder(input_ids, attention_mask, token_type_ids, return_attention)
+        out.logits = self.classifier(self.drop(out.pooled))
+        out.loss = _classification_loss(out.logits, labels)
+        return out
+
+
+class GPT(nn.Module):
+    """Decoder-only language model: causal Transformer stack + LM head tied to the token embeddings."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.transformer = TransformerStack(cfg, causal=True)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.apply(init_weights)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.embeddings.word.weight
+        scaled_init_residual(self.transformer, cfg.n_layers)
+
+    def new_cache(self) -> list[KVCache]:
+        """An empty KV cache for incremental decoding."""
+        return self.transformer.new_cache()
+
+    def forward(self, input_ids, attention_mask=None, kv_cache=None, labels=None, return_attention=False):
+        """Next-token logits (B, T, vocab); given labels (B, T), the shifted causal-LM loss (-100 ignored)."""
+        out = self.transformer(input_ids, attention_mask, kv_cache=kv_cache, return_attention=return_attention)
+        out.logits = self.lm_head(out.last_hidden_state)
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
+            out.loss = F.cross_entropy(
+                out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100
+            )
+        return out
+
+
+def scaled_init_residual(stack: TransformerStack, n_layers: int, std: float = 0.02) -> None:
+    """GPT-2's scaled initialisation of the projections that write into the residual stream."""
+    for layer in stack.layers:
+        nn.init.normal_(layer.attn.out_proj.weight, 0.0, std / math.sqrt(2 * n_layers))
+        nn.init.normal_(layer.ffn.fc2.weight, 0.0, std / math.sqrt(2 * n_layers))
+
+
+class GPTForSequenceClassification(nn.Module):
+    """Causal stack + linear score on the hidden state of each sequence's last real token."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.transformer = TransformerStack(cfg, causal=True)
+        self.score = nn.Linear(cfg.d_model, cfg.num_labels, bias=False)
+        self.apply(init_weights)
+        scaled_init_residual(self.transformer, cfg.n_layers)
+
+    def forward(self, input_ids, attention_mask=None, labels=None, return_attention=False):
+        """Class logits (B, num_labels) read at the last token where attention_mask is 1 (right padding)."""
+        out = self.transformer(input_ids, attention_mask, return_attention=return_attention)
+        h = out.last_hidden_state
+        if attention_mask is None:
+            last = torch.full((h.shape[0],), h.shape[1] - 1, device=h.device)
+        else:
+            last = attention_mask.long().sum(dim=1).clamp(min=1) - 1
+        out.pooled = h[torch.arange(h.shape[0], device=h.device), last]
+        out.logits = self.score(out.pooled)
+        out.loss = _classification_loss(out.logits, labels)
+        return out
+
+
+def parameter_breakdown(cfg: TransformerConfig, pooler: bool = False, lm_head: bool = True) -> dict[str, int]:
+    """Parameter count by component, computed from the config alone (no weights allocated).
+
+    Counts an encoder (embedding LayerNorm) or a GPT (final LayerNorm) as the config says;
+    `pooler` adds BERT's pooler, `lm_head` adds an untied output projection when weights are not tied.
+    """
+    d, f, V = cfg.d_model, cfg.d_ff, cfg.vocab_size
+    emb = V * d + (cfg.max_len * d if cfg.position == "learned" else 0) + cfg.type_vocab_size * d
+    emb += 2 * d if cfg.embedding_norm else 0
+    attn = cfg.n_layers * (4 * d * d + 4 * d)
+    ffn = cfg.n_layers * (2 * d * f + f + d)
+    norms = cfg.n_layers * 4 * d + (2 * d if cfg.norm_first else 0)
+    heads = (d * d + d if pooler else 0) + (V * d if lm_head and not cfg.tie_word_embeddings else 0)
+    parts = {"embeddings": emb, "attention": attn, "feed_forward": ffn, "layer_norm": norms, "heads": heads}
+    parts["total"] = sum(parts.values())
+    return parts
