@@ -1,0 +1,46 @@
+# Thin entry points. `make test` and `make book` each set up .venv by themselves.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help venv test book book-exec notebooks notebook bench clean
+
+help:
+	@echo "make test       set up .venv and run every test (unit, papermill, nbval, book build)"
+	@echo "make book       set up .venv and build the HTML book from the stored notebook outputs"
+	@echo "make book-exec  build the book re-executing every notebook (cached)"
+	@echo "make notebooks  re-run every chapter notebook with the full profile and store its outputs"
+	@echo "make notebook NB=chapters/ch01_attention.ipynb   the same for one notebook"
+	@echo "make bench      bigmodel-course bench attention"
+
+venv: $(STAMP)
+
+# Re-installs only when pyproject.toml changed since the last install.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version.split()[0]'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,book]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+book: $(STAMP)
+	$(BIN)/python book/tools/build_book.py
+
+book-exec: $(STAMP)
+	$(BIN)/python book/tools/build_book.py --execute
+
+notebooks: $(STAMP)
+	$(BIN)/python book/tools/run_notebooks.py
+
+notebook: $(STAMP)
+	$(BIN)/python book/tools/run_notebooks.py $(NB)
+
+bench: $(STAMP)
+	$(BIN)/bigmodel-course bench attention
+
+clean:
+	rm -rf book/_build .pytest_cache

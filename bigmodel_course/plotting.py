@@ -1,0 +1,87 @@
+"""The book's figure style: one CJK font, one palette, attention heatmaps and curves."""
+
+from __future__ import annotations
+
+from importlib.resources import as_file, files
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib import font_manager
+
+CJK_FAMILY = "Noto Sans CJK SC"
+_STYLE_DONE = False
+
+
+def register_cjk_font() -> str:
+    """Register the Noto Sans CJK font shipped by `noto-cjk-sans-otc` and return its family name."""
+    with as_file(files("noto_cjk_sans_otc") / "NotoSansCJK-Regular.ttc") as path:
+        if not path.exists():
+            raise FileNotFoundError(f"CJK font not found at {path}; reinstall noto-cjk-sans-otc")
+        font_manager.fontManager.addfont(str(path))
+    return CJK_FAMILY
+
+
+def use_house_style() -> None:
+    """Apply the book's matplotlib style (CJK font, sizes, grid); safe to call many times."""
+    global _STYLE_DONE
+    if _STYLE_DONE:
+        return
+    family = register_cjk_font()
+    matplotlib.rcParams.update(
+        {
+            "font.family": "sans-serif",
+            "font.sans-serif": [family, "DejaVu Sans"],
+            "axes.unicode_minus": False,
+            "figure.dpi": 110,
+            "savefig.dpi": 150,
+            "figure.figsize": (6.4, 4.0),
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.titlesize": 12,
+            "axes.labelsize": 11,
+            "image.cmap": "viridis",
+        }
+    )
+    _STYLE_DONE = True
+
+
+def plot_attention(
+    weights,
+    x_labels: list[str] | None = None,
+    y_labels: list[str] | None = None,
+    ax: plt.Axes | None = None,
+    title: str | None = None,
+    annotate: bool = False,
+    colorbar: bool = True,
+) -> plt.Axes:
+    """Heatmap of an attention matrix (queries as rows, keys as columns)."""
+    use_house_style()
+    w = np.asarray(weights.detach().cpu() if hasattr(weights, "detach") else weights, dtype=float)
+    if w.ndim != 2:
+        raise ValueError(f"attention weights must be 2-D (queries, keys), got shape {w.shape}")
+    if x_labels is not None and len(x_labels) != w.shape[1]:
+        raise ValueError(f"{len(x_labels)} key labels for {w.shape[1]} keys")
+    if y_labels is not None and len(y_labels) != w.shape[0]:
+        raise ValueError(f"{len(y_labels)} query labels for {w.shape[0]} queries")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.45 * w.shape[1] + 2, 0.45 * w.shape[0] + 1.2))
+    im = ax.imshow(w, cmap="Blues", vmin=0.0, vmax=max(float(w.max()), 1e-9), aspect="auto")
+    ax.grid(False)
+    xl = [str(t) for t in x_labels] if x_labels is not None else [str(j) for j in range(w.shape[1])]
+    ax.set_xticks(range(w.shape[1]), xl, rotation=90 if max(map(len, xl), default=0) > 2 else 0)
+    ax.set_yticks(range(w.shape[0]), y_labels if y_labels is not None else range(w.shape[0]))
+    ax.set_xlabel("键 (key)")
+    ax.set_ylabel("查询 (query)")
+    if annotate:
+        for i in range(w.shape[0]):
+            for j in range(w.shape[1]):
+                ax.text(j, i, f"{w[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if w[i, j] > 0.6 * w.max() else "black")
+    if title:
+        ax.set_title(title)
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return ax

@@ -1,0 +1,62 @@
+"""Notebook tooling shared by `make notebooks` and the tests: execution, code hash, clean metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[2]
+CHAPTERS = ROOT / "chapters"
+META_KEY = "bigmodel_course"
+
+
+def chapter_notebooks() -> list[Path]:
+    """Every chapter notebook, sorted by name."""
+    return sorted(CHAPTERS.glob("*.ipynb"))
+
+
+def code_hash(nb: nbformat.NotebookNode) -> str:
+    """sha256 of the notebook's code cell sources, in order (outputs and metadata excluded)."""
+    sources = [c.source for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+    return hashlib.sha256(json.dumps(sources, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def clean_metadata(nb: nbformat.NotebookNode) -> None:
+    """Drop run-specific metadata (papermill timings, execution timestamps) so diffs show only results."""
+    nb.metadata.pop("papermill", None)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+
+
+def write_atomic(nb: nbformat.NotebookNode, path: Path) -> None:
+    """Write a notebook via a temporary file and rename, so a crash never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".ipynb.tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        nbformat.write(nb, fh)
+    os.replace(tmp, path)
+
+
+def execute(path: Path, profile: str, output: Path, timeout: int = 1800) -> nbformat.NotebookNode:
+    """Run a notebook top to bottom with papermill in its own folder under `profile`; return the result."""
+    import papermill as pm
+
+    env_before = os.environ.get("BIGMODEL_PROFILE")
+    os.environ["BIGMODEL_PROFILE"] = profile
+    try:
+        pm.execute_notebook(
+            str(path), str(output), kernel_name="python3", cwd=str(path.parent),
+            parameters={"PROFILE": profile} if profile != "full" else None,
+            progress_bar=False, execution_timeout=timeout,
+        )
+    finally:
+        if env_before is None:
+            os.environ.pop("BIGMODEL_PROFILE", None)
+        else:
+            os.environ["BIGMODEL_PROFILE"] = env_before
+    return nbformat.read(str(output), as_version=4)

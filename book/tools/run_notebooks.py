@@ -1,0 +1,35 @@
+"""Re-run chapter notebooks with the `full` profile and store their outputs (make notebooks)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import nbtools  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: every chapters/*.ipynb")
+    args = parser.parse_args(argv)
+    paths = [p.resolve() for p in args.notebooks] or nbtools.chapter_notebooks()
+    for path in paths:
+        if not path.exists():
+            print(f"no such notebook: {path}", file=sys.stderr)
+            return 2
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            nb = nbtools.execute(path, "full", Path(tmp) / path.name)
+        nbtools.clean_metadata(nb)
+        nb.metadata[nbtools.META_KEY] = {"code_sha256": nbtools.code_hash(nb), "profile": "full"}
+        nbtools.write_atomic(nb, path)
+        print(f"{path.relative_to(nbtools.ROOT)}: executed in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
