@@ -206,21 +206,22 @@ def _ours_to_bert(src: dict, n_layers: int, ours: str, hf: str, pooler: bool) ->
 
 def encoder_from_hf(hf_model) -> TransformerEncoder | EncoderForMaskedLM:
     """Our encoder from a `transformers.BertModel`, or our EncoderForMaskedLM from a `BertForMaskedLM`."""
+    kind = type(hf_model).__name__
+    if kind not in ("BertModel", "BertForMaskedLM"):
+        raise ValueError(f"expected BertModel or BertForMaskedLM, got {kind}")
     cfg = encoder_config_from_hf(hf_model.config)
     src = hf_model.state_dict()
     n = cfg.n_layers
-    if type(hf_model).__name__ == "BertForMaskedLM":
+    if kind == "BertForMaskedLM":
         model = EncoderForMaskedLM(cfg)
         state = _bert_to_ours(src, n, "encoder.", "bert.", pooler=False)
         state.update({o: src[h].clone() for o, h in _MLM_PAIRS})
         state["mlm_head.decoder.weight"] = src["cls.predictions.decoder.weight"].clone()
-    elif type(hf_model).__name__ == "BertModel":
+    else:
         pooler = getattr(hf_model, "pooler", None) is not None
         model = TransformerEncoder(cfg, add_pooler=pooler)
         state = _bert_to_ours(src, n, "", "", pooler)
-    else:
-        raise ValueError(f"expected BertModel or BertForMaskedLM, got {type(hf_model).__name__}")
-    _load_exact(model, state, type(hf_model).__name__)
+    _load_exact(model, state, kind)
     return model.eval()
 
 

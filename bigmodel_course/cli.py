@@ -1,0 +1,61 @@
+"""The `bigmodel-course` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from .utils import get_device
+
+
+def _bench_attention(args: argparse.Namespace) -> int:
+    from .benchmarks import bench_attention, format_results
+
+    device = get_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = bench_attention(args.batch, args.length, args.width, args.heads, args.rounds, device, args.causal)
+    title = (f"attention forward+backward on {device} ({torch.get_num_threads()} threads): batch {args.batch}, "
+             f"length {args.length}, width {args.width}, {args.heads} heads, causal={args.causal}, "
+             f"median of {args.rounds} interleaved rounds; ratio = time / torch.nn.MultiheadAttention")
+    print(format_results(results, title))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of the command line."""
+    parser = argparse.ArgumentParser(prog="bigmodel-course", description="Companion tools of the book 大模型应用开发")
+    commands = parser.add_subparsers(dest="command", required=True)
+    bench = commands.add_parser("bench", help="run a benchmark")
+    which = bench.add_subparsers(dest="benchmark", required=True)
+    att = which.add_parser("attention", help="formula vs fused vs torch.nn.MultiheadAttention")
+    att.add_argument("--batch", type=int, default=8)
+    att.add_argument("--length", type=int, default=256)
+    att.add_argument("--width", type=int, default=256)
+    att.add_argument("--heads", type=int, default=8)
+    att.add_argument("--rounds", type=int, default=20)
+    att.add_argument("--causal", action="store_true")
+    att.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    att.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
+    att.set_defaults(func=_bench_attention)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `bigmodel-course`."""
+    args = build_parser().parse_args(argv)
+    for name in ("batch", "length", "width", "heads", "rounds"):
+        if getattr(args, name, 1) <= 0:
+            print(f"bigmodel-course: --{name} must be positive, got {getattr(args, name)}", file=sys.stderr)
+            return 2
+    try:
+        return args.func(args)
+    except ValueError as err:
+        print(f"bigmodel-course: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+import pytest
+
+from bigmodel_course.benchmarks import bench_attention, format_results
+from bigmodel_course.cli import main
+
+
+def test_bench_attention_reports_ratios_to_torch():
+    results = bench_attention(batch=2, length=16, width=32, heads=4, rounds=2)
+    names = [r.name for r in results]
+    assert names == ["torch.nn.MultiheadAttention", "fused MultiHeadAttention", "formula path"]
+    assert results[0].ratio == 1.0 and all(r.median_ms > 0 for r in results)
+    assert "ratio" in format_results(results, "t")
+
+
+def test_cli_bench_runs(capsys):
+    assert main(["bench", "attention", "--batch", "1", "--length", "8", "--width", "16", "--heads", "2",
+                 "--rounds", "1", "--causal"]) == 0
+    assert "fused MultiHeadAttention" in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_sizes(capsys):
+    assert main(["bench", "attention", "--heads", "3"]) == 2
+    assert "n_heads=3 does not divide d_model=256" in capsys.readouterr().err
+    assert main(["bench", "attention", "--rounds", "0"]) == 2
+    with pytest.raises(SystemExit):
+        main(["bench", "nothing"])

@@ -1,0 +1,107 @@
+"""Our models against Hugging Face `transformers` implementations holding the same weights."""
+
+import pytest
+import torch
+from transformers import BertConfig, BertForMaskedLM, BertModel, GPT2Config, GPT2LMHeadModel
+
+from bigmodel_course.interop import (
+    encoder_from_hf,
+    encoder_to_hf,
+    gpt_config_from_hf,
+    gpt_from_hf,
+    gpt_to_hf,
+)
+from bigmodel_course.transformer import GPT, EncoderForMaskedLM, TransformerEncoder
+
+
+@pytest.fixture
+def hf_gpt2():
+    cfg = GPT2Config(vocab_size=97, n_positions=24, n_embd=32, n_layer=2, n_head=4,
+                     bos_token_id=None, eos_token_id=None)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.fixture
+def bert_config():
+    return BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=48, max_position_embeddings=24)
+
+
+def batch():
+    ids = torch.randint(0, 97, (3, 11))
+    mask = torch.ones(3, 11, dtype=torch.long)
+    mask[1, 7:] = 0
+    return ids, mask
+
+
+def test_gpt_from_hf_gives_the_same_logits(hf_gpt2):
+    ids, mask = batch()
+    ours = gpt_from_hf(hf_gpt2).eval()
+    assert isinstance(ours, GPT)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, hf_gpt2(ids).logits, atol=1e-5, rtol=0)
+        real = mask.bool()  # with right padding, real tokens must agree exactly
+        torch.testing.assert_close(ours(ids, mask).logits[real], hf_gpt2(ids, attention_mask=mask).logits[real],
+                                   atol=1e-5, rtol=0)
+
+
+def test_gpt_round_trip_back_to_hf(hf_gpt2):
+    ids, _ = batch()
+    back = gpt_to_hf(gpt_from_hf(hf_gpt2))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, hf_gpt2(ids).logits, atol=1e-5, rtol=0)
+    assert back.lm_head.weight.data_ptr() == back.transformer.wte.weight.data_ptr()
+
+
+def test_kv_cache_matches_hf_incremental_decoding(hf_gpt2):
+    ids, _ = batch()
+    ours = gpt_from_hf(hf_gpt2).eval()
+    cache = ours.new_cache()
+    with torch.no_grad():
+        step = torch.cat([ours(ids[:, t : t + 1], kv_cache=cache).logits for t in range(ids.shape[1])], dim=1)
+        torch.testing.assert_close(step, hf_gpt2(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_encoder_from_bert_model_gives_the_same_hidden_states(bert_config):
+    hf = BertModel(bert_config).eval()
+    ids, mask = batch()
+    ours = encoder_from_hf(hf)
+    assert isinstance(ours, TransformerEncoder)
+    with torch.no_grad():
+        ref = hf(ids, attention_mask=mask)
+        out = ours(ids, mask)
+    real = mask.bool()
+    torch.testing.assert_close(out.last_hidden_state[real], ref.last_hidden_state[real], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.pooled, ref.pooler_output, atol=1e-5, rtol=0)
+
+
+def test_encoder_round_trip_back_to_bert_model(bert_config):
+    hf = BertModel(bert_config).eval()
+    ids, mask = batch()
+    back = encoder_to_hf(encoder_from_hf(hf))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids, attention_mask=mask).last_hidden_state,
+                                   hf(ids, attention_mask=mask).last_hidden_state, atol=1e-5, rtol=0)
+
+
+def test_masked_lm_both_ways(bert_config):
+    hf = BertForMaskedLM(bert_config).eval()
+    ids, mask = batch()
+    ours = encoder_from_hf(hf)
+    assert isinstance(ours, EncoderForMaskedLM)
+    back = encoder_to_hf(ours)
+    with torch.no_grad():
+        ref = hf(ids, attention_mask=mask).logits
+        torch.testing.assert_close(ours(ids, mask).logits, ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(back(ids, attention_mask=mask).logits, ref, atol=1e-5, rtol=0)
+
+
+def test_unsupported_models_and_configs_are_rejected(hf_gpt2, bert_config):
+    with pytest.raises(ValueError, match="expected BertModel or BertForMaskedLM, got GPT2LMHeadModel"):
+        encoder_from_hf(hf_gpt2)
+    hf_gpt2.config.activation_function = "swish"
+    with pytest.raises(ValueError, match="unsupported Hugging Face activation 'swish'"):
+        gpt_config_from_hf(hf_gpt2.config)
+    bert_config.position_embedding_type = "relative_key"
+    with pytest.raises(ValueError, match="absolute position embeddings"):
+        encoder_from_hf(BertModel(bert_config))
