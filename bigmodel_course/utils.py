@@ -73,14 +73,5 @@ def cache_dir(*parts: str) -> Path:
 
 
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
-    """Number of distinct parameters of a module (tied weights counted once)."""
-    seen: set[int] = set()
-    total = 0
-    for p in module.parameters():
-        if trainable_only and not p.requires_grad:
-            continue
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-    return total
+    """Number of parameters of a module; `Module.parameters()` already yields tied weights once."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
