@@ -39,6 +39,7 @@ def write_atomic(nb: nbformat.NotebookNode, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".ipynb.tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         nbformat.write(nb, fh)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600 files; notebooks are ordinary readable files
     os.replace(tmp, path)
 
 
