@@ -1,0 +1,97 @@
+"""The HTML book builds from the stored notebook outputs with zero warnings and loads nothing remote."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD_BOOK = ROOT / "book" / "tools" / "build_book.py"
+CHAPTER_1 = ["chapters/ch01_concepts", "chapters/ch01_attention"]
+SCRIPT_SRC = re.compile(r"<script\b[^>]*\bsrc=[\"']([^\"']+)[\"']", re.IGNORECASE)
+LINK_HREF = re.compile(r"<link\b[^>]*\bhref=[\"']([^\"']+)[\"']", re.IGNORECASE)
+REMOTE = re.compile(r"^(https?:)?//", re.IGNORECASE)
+
+
+@pytest.fixture(scope="module")
+def book(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """Build the book once into a temporary folder; return the process and the HTML folder."""
+    out = tmp_path_factory.mktemp("book")
+    proc = subprocess.run(
+        [sys.executable, str(BUILD_BOOK), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    return proc, out / "html"
+
+
+def _toc_files() -> list[str]:
+    """Every page named in book/_toc.yml (root, parts, chapters, sections), without suffix."""
+    toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text(encoding="utf-8"))
+    files = [toc["root"]]
+
+    def walk(entries: list[dict]) -> None:
+        for entry in entries:
+            if "file" in entry:
+                files.append(entry["file"])
+            walk(entry.get("sections", []))
+
+    for part in toc.get("parts", []):
+        walk(part.get("chapters", []))
+    walk(toc.get("chapters", []))
+    return files
+
+
+def _pages(html: Path) -> list[Path]:
+    return [p for p in html.rglob("*.html") if "_static" not in p.relative_to(html).parts]
+
+
+def test_build_succeeds_without_warnings(book):
+    proc, html = book
+    log = (proc.stdout + proc.stderr)[-6000:]
+    assert proc.returncode == 0, f"book build failed (warnings are errors):\n{log}"
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("Open ") and last.endswith("index.html"), last
+    assert (ROOT / last.removeprefix("Open ")).resolve() == (html / "index.html").resolve()
+
+
+def test_every_toc_page_is_built(book):
+    _, html = book
+    files = _toc_files()
+    assert set(CHAPTER_1) <= set(files), "chapter 1 is missing from book/_toc.yml"
+    assert (html / "index.html").is_file()
+    for name in files:
+        assert (html / f"{name}.html").is_file(), f"missing {name}.html"
+
+
+def test_no_remote_scripts_or_styles(book):
+    _, html = book
+    pages = _pages(html)
+    assert pages
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        remote = [u for u in SCRIPT_SRC.findall(text) + LINK_HREF.findall(text) if REMOTE.match(u)]
+        assert not remote, f"{page.relative_to(html)} loads remote files: {remote}"
+        for host in ("cdn.jsdelivr.net", "unpkg.com", "googleapis.com", "cdnjs"):
+            assert host not in text, f"{page.relative_to(html)} mentions {host}"
+
+
+def test_vendored_mathjax_and_mermaid(book):
+    _, html = book
+    vendor = html / "_static" / "vendor"
+    assert (vendor / "mathjax" / "tex-chtml-full.js").is_file()
+    assert any((vendor / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))
+    assert (vendor / "mermaid" / "mermaid.min.js").is_file()
+    for page in _pages(html):
+        text = page.read_text(encoding="utf-8")
+        srcs = SCRIPT_SRC.findall(text)
+        if 'class="math' in text:
+            assert any("_static/vendor/mathjax/tex-chtml-full.js" in s for s in srcs), page
+        if 'class="mermaid' in text:
+            # a classic script: browsers refuse ES-module imports on file:// pages
+            assert any("_static/vendor/mermaid/mermaid.min.js" in s for s in srcs), page
+            assert "import mermaid from" not in text, page
