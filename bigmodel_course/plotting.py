@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from importlib.resources import as_file, files
 
 import matplotlib
@@ -56,8 +57,12 @@ def plot_attention(
     title: str | None = None,
     annotate: bool = False,
     colorbar: bool = True,
+    vmin: float = 0.0,
+    vmax: float | None = None,
+    xlabel: str = "键 (key)",
+    ylabel: str = "查询 (query)",
 ) -> plt.Axes:
-    """Heatmap of an attention matrix (queries as rows, keys as columns)."""
+    """Heatmap of an attention matrix (queries as rows, keys as columns); pass vmin/vmax to share a scale."""
     use_house_style()
     w = np.asarray(weights.detach().cpu() if hasattr(weights, "detach") else weights, dtype=float)
     if w.ndim != 2:
@@ -68,20 +73,43 @@ def plot_attention(
         raise ValueError(f"{len(y_labels)} query labels for {w.shape[0]} queries")
     if ax is None:
         _, ax = plt.subplots(figsize=(0.45 * w.shape[1] + 2, 0.45 * w.shape[0] + 1.2))
-    im = ax.imshow(w, cmap="Blues", vmin=0.0, vmax=max(float(w.max()), 1e-9), aspect="auto")
+    vmax = max(float(w.max()), 1e-9) if vmax is None else vmax
+    im = ax.imshow(w, cmap="Blues", vmin=vmin, vmax=vmax, aspect="auto")
     ax.grid(False)
     xl = [str(t) for t in x_labels] if x_labels is not None else [str(j) for j in range(w.shape[1])]
     ax.set_xticks(range(w.shape[1]), xl, rotation=90 if max(map(len, xl), default=0) > 2 else 0)
     ax.set_yticks(range(w.shape[0]), y_labels if y_labels is not None else range(w.shape[0]))
-    ax.set_xlabel("键 (key)")
-    ax.set_ylabel("查询 (query)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     if annotate:
         for i in range(w.shape[0]):
             for j in range(w.shape[1]):
                 ax.text(j, i, f"{w[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                        color="white" if w[i, j] > 0.6 * w.max() else "black")
+                        color="white" if w[i, j] > vmin + 0.6 * (vmax - vmin) else "black")
     if title:
         ax.set_title(title)
     if colorbar:
         ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return ax
+
+
+class Table:
+    """A small table that shows as HTML in notebooks and the book, and as Markdown in plain text."""
+
+    def __init__(self, headers: list, rows: list[list]) -> None:
+        self.headers = [str(h) for h in headers]
+        self.rows = [[str(x) for x in row] for row in rows]
+        bad = [i for i, row in enumerate(self.rows) if len(row) != len(self.headers)]
+        if bad:
+            raise ValueError(f"row {bad[0]} has {len(self.rows[bad[0]])} cells, the header {len(self.headers)}")
+
+    def __repr__(self) -> str:
+        lines = ["| " + " | ".join(self.headers) + " |", "|" + "|".join(["---"] * len(self.headers)) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in self.rows])
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in row) + "</tr>" for row in self.rows
+        )
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

@@ -431,6 +431,17 @@ class GPTForSequenceClassification(nn.Module):
         return out
 
 
+def mean_pool(hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """Average of the hidden states (B, T, d) over real tokens (attention_mask 1), shape (B, d)."""
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden states must be (batch, length, width), got {tuple(hidden.shape)}")
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    _check_attention_mask(attention_mask, hidden.shape[0], hidden.shape[1])
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
 def parameter_breakdown(cfg: TransformerConfig, pooler: bool = False, lm_head: bool = True) -> dict[str, int]:
     """Parameter count by component, computed from the config alone (no weights allocated).
 

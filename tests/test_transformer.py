@@ -139,3 +139,13 @@ def test_config_round_trip_and_unknown_keys():
     with pytest.raises(ValueError, match=r"unknown GPTConfig keys: \['colour'\]"):
         GPTConfig.from_dict({**cfg.to_dict(), "colour": 1})
     assert TransformerConfig(vocab_size=10, d_model=8, n_heads=2).d_ff == 32
+
+
+def test_mean_pool_averages_real_tokens_only():
+    from bigmodel_course.transformer import mean_pool
+
+    h = torch.arange(12.0).view(1, 4, 3)
+    torch.testing.assert_close(mean_pool(h, torch.tensor([[1, 1, 0, 0]])), h[:, :2].mean(1))
+    torch.testing.assert_close(mean_pool(h), h.mean(1))
+    with pytest.raises(ValueError, match="hidden states must be"):
+        mean_pool(h[0])

@@ -65,3 +65,16 @@ def test_cjk_font_is_registered_and_heatmap_draws():
         plotting.plot_attention(torch.rand(2, 3, 4))
     with pytest.raises(ValueError, match="3 key labels for 4 keys"):
         plotting.plot_attention(torch.rand(2, 4), x_labels=list("abc"))
+
+
+def test_table_renders_html_and_markdown_and_checks_widths():
+    t = plotting.Table(["模型", "参数"], [["GPT-2", "124,439,808"], ["<b>", 1]])
+    assert repr(t).splitlines()[0] == "| 模型 | 参数 |" and "| <b> | 1 |" in repr(t)
+    assert "<td>&lt;b&gt;</td>" in t._repr_html_()
+    with pytest.raises(ValueError, match="row 0 has 1 cells, the header 2"):
+        plotting.Table(["a", "b"], [["x"]])
+
+
+def test_heatmap_shared_scale_and_labels():
+    ax = plotting.plot_attention(torch.rand(2, 2), vmax=1.0, xlabel="句子", ylabel="句子", colorbar=False)
+    assert ax.images[0].get_clim() == (0.0, 1.0) and ax.get_xlabel() == "句子"
