@@ -78,6 +78,39 @@ def bench_attention(
     return [BenchResult(name, 1e3 * t, t / ref) for name, t in medians.items()]
 
 
+def bench_gpt(
+    n_layers: int = 4, width: int = 128, heads: int = 4, context: int = 128, vocab: int = 5000,
+    batch: int = 16, rounds: int = 20, device: torch.device | None = None,
+) -> list[BenchResult]:
+    """Training-step time (forward, loss, backward, AdamW) of our GPT and `transformers` GPT2LMHeadModel, same weights."""
+    from .interop import gpt_to_hf
+    from .transformer import GPT, GPTConfig
+
+    device = device or torch.device("cpu")
+    torch.manual_seed(0)
+    ours = GPT(GPTConfig(vocab_size=vocab, max_len=context, d_model=width, n_heads=heads, n_layers=n_layers))
+    theirs = gpt_to_hf(ours)
+    ids = torch.randint(0, vocab, (batch, context), device=device)
+
+    def step_fn(model: nn.Module, hf: bool) -> Callable[[], None]:
+        model.to(device).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step() -> None:
+            out = model(input_ids=ids, labels=ids) if hf else model(ids, labels=ids)
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return step
+
+    medians = time_interleaved(
+        {"transformers GPT2LMHeadModel": step_fn(theirs, True), "bigmodel_course GPT": step_fn(ours, False)},
+        device, rounds,
+    )
+    ref = medians["transformers GPT2LMHeadModel"]
+    return [BenchResult(name, 1e3 * t, t / ref) for name, t in medians.items()]
+
+
 def format_results(results: list[BenchResult], title: str) -> str:
     """A plain-text table of benchmark results."""
     lines = [title, f"{'contender':<30}{'median ms':>12}{'ratio':>10}"]

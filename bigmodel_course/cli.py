@@ -24,6 +24,24 @@ def _bench_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_gpt(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from .benchmarks import bench_gpt, format_results
+
+    hf_logging.set_verbosity_error()  # keep the table free of transformers' notices
+    device = get_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = bench_gpt(args.layers, args.width, args.heads, args.context, args.vocab, args.batch, args.rounds, device)
+    title = (f"GPT training step on {device} ({torch.get_num_threads()} threads): {args.layers} layers, "
+             f"width {args.width}, {args.heads} heads, context {args.context}, vocabulary {args.vocab}, "
+             f"batch {args.batch}, median of {args.rounds} interleaved rounds; "
+             f"ratio = time / transformers GPT2LMHeadModel")
+    print(format_results(results, title))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the command line."""
     parser = argparse.ArgumentParser(prog="bigmodel-course", description="Companion tools of the book 大模型应用开发")
@@ -40,13 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     att.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
     att.set_defaults(func=_bench_attention)
+    gpt = which.add_parser("gpt", help="training step of our GPT vs transformers GPT2LMHeadModel")
+    gpt.add_argument("--layers", type=int, default=4)
+    gpt.add_argument("--width", type=int, default=128)
+    gpt.add_argument("--heads", type=int, default=4)
+    gpt.add_argument("--context", type=int, default=128)
+    gpt.add_argument("--vocab", type=int, default=5000)
+    gpt.add_argument("--batch", type=int, default=16)
+    gpt.add_argument("--rounds", type=int, default=20)
+    gpt.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    gpt.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
+    gpt.set_defaults(func=_bench_gpt)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `bigmodel-course`."""
     args = build_parser().parse_args(argv)
-    for name in ("batch", "length", "width", "heads", "rounds"):
+    for name in ("batch", "length", "width", "heads", "rounds", "layers", "context", "vocab"):
         if getattr(args, name, 1) <= 0:
             print(f"bigmodel-course: --{name} must be positive, got {getattr(args, name)}", file=sys.stderr)
             return 2

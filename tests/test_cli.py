@@ -24,3 +24,14 @@ def test_cli_rejects_bad_sizes(capsys):
     assert main(["bench", "attention", "--rounds", "0"]) == 2
     with pytest.raises(SystemExit):
         main(["bench", "nothing"])
+
+
+def test_bench_gpt_compares_training_steps(capsys):
+    from bigmodel_course.benchmarks import bench_gpt
+
+    results = bench_gpt(n_layers=1, width=16, heads=2, context=8, vocab=50, batch=2, rounds=1)
+    assert [r.name for r in results] == ["transformers GPT2LMHeadModel", "bigmodel_course GPT"]
+    assert main(["bench", "gpt", "--layers", "1", "--width", "16", "--heads", "2", "--context", "8",
+                 "--vocab", "50", "--batch", "2", "--rounds", "1"]) == 0
+    assert "bigmodel_course GPT" in capsys.readouterr().out
+    assert main(["bench", "gpt", "--vocab", "0"]) == 2
