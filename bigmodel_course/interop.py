@@ -9,6 +9,7 @@ from .transformer import (
     GPT,
     EncoderConfig,
     EncoderForMaskedLM,
+    EncoderForPreTraining,
     GPTConfig,
     TransformerConfig,
     TransformerEncoder,
@@ -174,6 +175,7 @@ def _bert_pairs(n_layers: int, ours: str, hf: str, pooler: bool) -> list[tuple[s
     return pairs
 
 
+_NSP_PAIRS = [("nsp_head.weight", "cls.seq_relationship.weight"), ("nsp_head.bias", "cls.seq_relationship.bias")]
 _MLM_PAIRS = [
     ("mlm_head.dense.weight", "cls.predictions.transform.dense.weight"),
     ("mlm_head.dense.bias", "cls.predictions.transform.dense.bias"),
@@ -204,38 +206,43 @@ def _ours_to_bert(src: dict, n_layers: int, ours: str, hf: str, pooler: bool) ->
     return state
 
 
-def encoder_from_hf(hf_model) -> TransformerEncoder | EncoderForMaskedLM:
-    """Our encoder from a `transformers.BertModel`, or our EncoderForMaskedLM from a `BertForMaskedLM`."""
+_HF_ENCODERS = ("BertModel", "BertForMaskedLM", "BertForPreTraining")
+
+
+def encoder_from_hf(hf_model) -> TransformerEncoder | EncoderForMaskedLM | EncoderForPreTraining:
+    """Our encoder from a `transformers` BertModel, BertForMaskedLM or BertForPreTraining."""
     kind = type(hf_model).__name__
-    if kind not in ("BertModel", "BertForMaskedLM"):
-        raise ValueError(f"expected BertModel or BertForMaskedLM, got {kind}")
+    if kind not in _HF_ENCODERS:
+        raise ValueError(f"expected one of {', '.join(_HF_ENCODERS)}, got {kind}")
     cfg = encoder_config_from_hf(hf_model.config)
     src = hf_model.state_dict()
     n = cfg.n_layers
-    if kind == "BertForMaskedLM":
-        model = EncoderForMaskedLM(cfg)
-        state = _bert_to_ours(src, n, "encoder.", "bert.", pooler=False)
-        state.update({o: src[h].clone() for o, h in _MLM_PAIRS})
-        state["mlm_head.decoder.weight"] = src["cls.predictions.decoder.weight"].clone()
-    else:
+    if kind == "BertModel":
         pooler = getattr(hf_model, "pooler", None) is not None
         model = TransformerEncoder(cfg, add_pooler=pooler)
         state = _bert_to_ours(src, n, "", "", pooler)
+    else:
+        pretraining = kind == "BertForPreTraining"
+        model = EncoderForPreTraining(cfg) if pretraining else EncoderForMaskedLM(cfg)
+        state = _bert_to_ours(src, n, "encoder.", "bert.", pooler=pretraining)
+        state.update({o: src[h].clone() for o, h in _MLM_PAIRS + (_NSP_PAIRS if pretraining else [])})
+        state["mlm_head.decoder.weight"] = src["cls.predictions.decoder.weight"].clone()
     _load_exact(model, state, kind)
     return model.eval()
 
 
-def encoder_to_hf(model: TransformerEncoder | EncoderForMaskedLM):
-    """A `transformers.BertModel` (or `BertForMaskedLM`) with the weights of our encoder."""
-    from transformers import BertForMaskedLM, BertModel
+def encoder_to_hf(model: TransformerEncoder | EncoderForMaskedLM | EncoderForPreTraining):
+    """A `transformers` BertModel, BertForMaskedLM or BertForPreTraining with the weights of our encoder."""
+    from transformers import BertForMaskedLM, BertForPreTraining, BertModel
 
     n = model.cfg.n_layers
     hf_cfg = encoder_config_to_hf(model.cfg)
     src = model.state_dict()
-    if isinstance(model, EncoderForMaskedLM):
-        hf = BertForMaskedLM(hf_cfg)
-        state = _ours_to_bert(src, n, "encoder.", "bert.", pooler=False)
-        state.update({h: src[o].clone() for o, h in _MLM_PAIRS})
+    if isinstance(model, (EncoderForMaskedLM, EncoderForPreTraining)):
+        pretraining = isinstance(model, EncoderForPreTraining)
+        hf = BertForPreTraining(hf_cfg) if pretraining else BertForMaskedLM(hf_cfg)
+        state = _ours_to_bert(src, n, "encoder.", "bert.", pooler=pretraining)
+        state.update({h: src[o].clone() for o, h in _MLM_PAIRS + (_NSP_PAIRS if pretraining else [])})
         state["cls.predictions.decoder.weight"] = src["mlm_head.decoder.weight"].clone()
         state["cls.predictions.decoder.bias"] = src["mlm_head.decoder.bias"].clone()
     elif isinstance(model, TransformerEncoder):
@@ -243,6 +250,6 @@ def encoder_to_hf(model: TransformerEncoder | EncoderForMaskedLM):
         hf = BertModel(hf_cfg, add_pooling_layer=pooler)
         state = _ours_to_bert(src, n, "", "", pooler)
     else:
-        raise ValueError(f"expected TransformerEncoder or EncoderForMaskedLM, got {type(model).__name__}")
+        raise ValueError(f"expected TransformerEncoder, EncoderForMaskedLM or EncoderForPreTraining, got {type(model).__name__}")
     _load_exact(hf, state, f"{type(model).__name__} to BERT")
     return hf.eval()

@@ -99,6 +99,7 @@ class ModelOutput:
     loss: Tensor | None = None
     pooled: Tensor | None = None
     attentions: list[Tensor] | None = None
+    nsp_logits: Tensor | None = None
 
 
 class Embeddings(nn.Module):
@@ -350,6 +351,36 @@ class EncoderForMaskedLM(nn.Module):
         return out
 
 
+class EncoderForPreTraining(nn.Module):
+    """Encoder + MLM head + next-sentence-prediction head (BertForPreTraining layout); loss = MLM + NSP."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = TransformerEncoder(cfg, add_pooler=True)
+        self.mlm_head = MaskedLMHead(cfg, self.encoder.stack.embeddings.word)
+        self.nsp_head = nn.Linear(cfg.d_model, 2)
+        self.mlm_head.apply(init_weights)
+        init_weights(self.nsp_head)
+        nn.init.zeros_(self.mlm_head.decoder.bias)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None,
+                next_sentence_label=None, return_attention=False):
+        """MLM logits (B, T, vocab), NSP logits (B, 2) and, given labels, the summed loss."""
+        out = self.encoder(input_ids, attention_mask, token_type_ids, return_attention)
+        out.logits = self.mlm_head(out.last_hidden_state)
+        out.nsp_logits = self.nsp_head(out.pooled)
+        losses = []
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
+            losses.append(F.cross_entropy(out.logits.flatten(0, 1), labels.flatten(), ignore_index=-100))
+        if next_sentence_label is not None:
+            losses.append(_classification_loss(out.nsp_logits, next_sentence_label))
+        out.loss = sum(losses) if losses else None
+        return out
+
+
 class EncoderForSequenceClassification(nn.Module):
     """Encoder + pooler + dropout + linear classifier (BertForSequenceClassification layout)."""
 
@@ -393,9 +424,9 @@ class GPT(nn.Module):
         if labels is not None:
             if labels.shape != input_ids.shape:
                 raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
-            out.loss = F.cross_entropy(
-                out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100
-            )
+            # shift the labels rather than the logits: no copy of the (B, T, vocab) tensor
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+            out.loss = F.cross_entropy(out.logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
         return out
 
 

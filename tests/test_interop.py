@@ -97,7 +97,7 @@ def test_masked_lm_both_ways(bert_config):
 
 
 def test_unsupported_models_and_configs_are_rejected(hf_gpt2, bert_config):
-    with pytest.raises(ValueError, match="expected BertModel or BertForMaskedLM, got GPT2LMHeadModel"):
+    with pytest.raises(ValueError, match="expected one of BertModel, BertForMaskedLM, BertForPreTraining, got GPT2LMHeadModel"):
         encoder_from_hf(hf_gpt2)
     hf_gpt2.config.activation_function = "swish"
     with pytest.raises(ValueError, match="unsupported Hugging Face activation 'swish'"):
@@ -105,3 +105,49 @@ def test_unsupported_models_and_configs_are_rejected(hf_gpt2, bert_config):
     bert_config.position_embedding_type = "relative_key"
     with pytest.raises(ValueError, match="absolute position embeddings"):
         encoder_from_hf(BertModel(bert_config))
+
+
+def test_causal_lm_loss_equals_transformers(hf_gpt2):
+    ids, _ = batch()
+    labels = ids.clone()
+    labels[0, 5:] = -100
+    ours = gpt_from_hf(hf_gpt2).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids, labels=labels).loss, hf_gpt2(ids, labels=labels).loss,
+                                   atol=1e-6, rtol=1e-6)
+
+
+def test_pretraining_model_matches_bert_for_pretraining_both_ways(bert_config):
+    from transformers import BertForPreTraining
+
+    from bigmodel_course.transformer import EncoderForPreTraining
+
+    hf = BertForPreTraining(bert_config).eval()
+    ids, mask = batch()
+    labels = torch.full_like(ids, -100)
+    labels[:, 3] = ids[:, 3]
+    nsp = torch.tensor([0, 1, 0])
+    ours = encoder_from_hf(hf)
+    assert isinstance(ours, EncoderForPreTraining)
+    back = encoder_to_hf(ours)
+    with torch.no_grad():
+        ref = hf(ids, attention_mask=mask, labels=labels, next_sentence_label=nsp)
+        out = ours(ids, mask, labels=labels, next_sentence_label=nsp)
+        again = back(ids, attention_mask=mask, labels=labels, next_sentence_label=nsp)
+    torch.testing.assert_close(out.logits, ref.prediction_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.nsp_logits, ref.seq_relationship_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again.loss, ref.loss, atol=1e-6, rtol=1e-6)
+
+
+def test_a_pretraining_checkpoint_loads_as_bert_for_masked_lm(bert_config, tmp_path):
+    from transformers import BertForMaskedLM
+
+    from bigmodel_course.transformer import EncoderForPreTraining
+
+    ours = EncoderForPreTraining(encoder_from_hf(BertModel(bert_config)).cfg).eval()
+    encoder_to_hf(ours).save_pretrained(tmp_path)
+    mlm = BertForMaskedLM.from_pretrained(tmp_path).eval()
+    ids, mask = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(mlm(ids, attention_mask=mask).logits, ours(ids, mask).logits, atol=1e-5, rtol=0)
