@@ -9,6 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# Unit tests use tiny tensors: one thread avoids OpenMP spin-waiting on a busy 2-core machine.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():

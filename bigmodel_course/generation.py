@@ -1,0 +1,118 @@
+"""Text generation with a decoder-only model: greedy, temperature, top-k, top-p, repetition penalty, KV cache."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class GenerationConfig:
+    """How to pick each next token."""
+
+    max_new_tokens: int = 50
+    do_sample: bool = False  # False: greedy (argmax); True: sample from the filtered distribution
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = no top-k filter
+    top_p: float = 1.0  # 1.0 = no nucleus filter
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the sequence (CTRL, Keskar et al. 2019)
+    stop_ids: Sequence[int] = field(default_factory=tuple)
+    use_cache: bool = True
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (use do_sample=False for greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+
+def apply_repetition_penalty(logits: Tensor, previous: Tensor, penalty: float) -> Tensor:
+    """Divide positive (multiply negative) logits of tokens already in `previous` (B, T) by `penalty`."""
+    if penalty == 1.0:
+        return logits
+    seen = torch.gather(logits, 1, previous)
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits.scatter(1, previous, seen)
+
+
+def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Set to -inf every logit outside the top-k and outside the smallest set whose probability reaches top_p."""
+    if top_k > 0:
+        k = min(top_k, logits.shape[-1])
+        kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token when the tokens ranked above it already reach top_p (the top token always stays)
+        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def next_token(logits: Tensor, config: GenerationConfig, generator: torch.Generator | None = None) -> Tensor:
+    """Pick one token id per row of `logits` (B, vocab) as the config says."""
+    if not config.do_sample:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits / config.temperature, config.top_k, config.top_p)
+    probs = torch.softmax(logits.float(), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model: nn.Module, input_ids: Tensor, config: GenerationConfig | None = None, **overrides) -> Tensor:
+    """Continue each prompt row of `input_ids` (B, T, no padding); returns (B, T + new) token ids.
+
+    Rows that produced a stop token are padded with the model's pad id afterwards. Without the KV
+    cache, prompts longer than the context keep only their last `max_len` tokens as context.
+    """
+    config = config or GenerationConfig()
+    if overrides:
+        config = GenerationConfig(**{**config.__dict__, **overrides})
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}")
+    max_len = model.cfg.max_len
+    total = input_ids.shape[1] + config.max_new_tokens
+    if config.use_cache and total > max_len:
+        raise ValueError(
+            f"prompt of {input_ids.shape[1]} + {config.max_new_tokens} new tokens exceeds the context "
+            f"max_len={max_len}; shorten them or pass use_cache=False to slide the context window"
+        )
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ids = input_ids.to(device)
+    generator = None
+    if config.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(config.seed)
+    stop = torch.tensor(list(config.stop_ids), dtype=torch.long, device=device)
+    finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
+    cache = model.new_cache() if config.use_cache else None
+    step_input = ids
+    try:
+        for _ in range(config.max_new_tokens):
+            if cache is None:
+                step_input = ids[:, -max_len:]
+            logits = model(step_input, kv_cache=cache).logits[:, -1, :].float()
+            logits = apply_repetition_penalty(logits, ids, config.repetition_penalty)
+            token = next_token(logits, config, generator)
+            token = torch.where(finished, torch.full_like(token, model.cfg.pad_token_id), token)
+            ids = torch.cat([ids, token.unsqueeze(1)], dim=1)
+            finished |= torch.isin(token, stop)
+            step_input = token.unsqueeze(1)
+            if finished.all():
+                break
+    finally:
+        model.train(was_training)
+    return ids

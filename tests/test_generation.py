@@ -1,0 +1,91 @@
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from bigmodel_course.generation import (
+    GenerationConfig,
+    apply_repetition_penalty,
+    filter_logits,
+    generate,
+)
+from bigmodel_course.interop import gpt_from_hf
+from bigmodel_course.transformer import GPT, GPTConfig
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=60, max_len=40, d_model=32, n_heads=4, n_layers=2, dropout=0.1)).eval()
+
+
+def test_kv_cached_greedy_equals_uncached(model):
+    prompt = torch.randint(0, 60, (3, 5))
+    cached = generate(model, prompt, max_new_tokens=30)
+    plain = generate(model, prompt, max_new_tokens=30, use_cache=False)
+    assert cached.shape == (3, 35) and torch.equal(cached, plain)
+    assert torch.equal(cached[:, :5], prompt)
+
+
+def test_greedy_matches_transformers_generate():
+    torch.manual_seed(1)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=60, n_positions=40, n_embd=32, n_layer=2, n_head=4,
+                                    bos_token_id=None, eos_token_id=None, pad_token_id=0)).eval()
+    prompt = torch.randint(1, 60, (2, 4))
+    ref = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=20, do_sample=False)
+    assert torch.equal(generate(gpt_from_hf(hf), prompt, max_new_tokens=20), ref)
+
+
+def test_sampling_is_reproducible_and_top_k_1_is_greedy(model):
+    prompt = torch.randint(0, 60, (2, 3))
+    a = generate(model, prompt, max_new_tokens=15, do_sample=True, temperature=1.5, seed=7)
+    b = generate(model, prompt, max_new_tokens=15, do_sample=True, temperature=1.5, seed=7)
+    assert torch.equal(a, b)
+    greedy = generate(model, prompt, max_new_tokens=15)
+    assert torch.equal(generate(model, prompt, max_new_tokens=15, do_sample=True, top_k=1, seed=3), greedy)
+
+
+def test_top_k_and_top_p_keep_the_right_tokens():
+    probs = torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]])
+    logits = probs.log()
+    kept = lambda out: torch.isfinite(out[0]).nonzero().flatten().tolist()  # noqa: E731
+    assert kept(filter_logits(logits, top_k=2)) == [0, 1]
+    assert kept(filter_logits(logits, top_p=0.5)) == [0]
+    assert kept(filter_logits(logits, top_p=0.7)) == [0, 1]      # 0.5 + 0.2 reaches 0.7
+    assert kept(filter_logits(logits, top_p=0.71)) == [0, 1, 2]
+    assert kept(filter_logits(logits[:, [3, 0, 4, 1, 2]], top_p=0.8)) == [1, 3, 4]  # order does not matter
+    assert kept(filter_logits(logits, top_k=3, top_p=0.6)) == [0, 1]
+
+
+def test_repetition_penalty_follows_ctrl():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    out = apply_repetition_penalty(logits, torch.tensor([[0, 1, 1]]), 2.0)
+    assert out.tolist() == [[1.0, -2.0, 0.5, 3.0]]
+
+
+def test_stop_tokens_end_a_row_and_pad_it(model):
+    prompt = torch.randint(0, 60, (2, 3))
+    free = generate(model, prompt, max_new_tokens=12)
+    stop = int(free[0, 5])  # the token row 0 produces at its third step
+    out = generate(model, prompt, max_new_tokens=12, stop_ids=[stop])
+    row = out[0, 3:].tolist()
+    first = row.index(stop)
+    assert all(t == model.cfg.pad_token_id for t in row[first + 1:])
+
+
+def test_sliding_window_without_cache_and_errors(model):
+    prompt = torch.randint(0, 60, (1, 38))
+    assert generate(model, prompt, max_new_tokens=5, use_cache=False).shape == (1, 43)
+    with pytest.raises(ValueError, match=r"38 \+ 5 new tokens exceeds the context max_len=40"):
+        generate(model, prompt, max_new_tokens=5)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        GenerationConfig(temperature=0)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        generate(model, prompt[:, :3], top_p=0.0)
+    with pytest.raises(ValueError, match="non-empty"):
+        generate(model, torch.zeros(1, 0, dtype=torch.long))
+
+
+def test_generate_restores_training_mode(model):
+    model.train()
+    generate(model, torch.randint(0, 60, (1, 3)), max_new_tokens=2)
+    assert model.training
