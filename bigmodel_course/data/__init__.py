@@ -1,0 +1,25 @@
+"""Offline corpora (reviews, People's Daily) and torch datasets for classification and language modelling."""
+
+from .corpora import (
+    ReviewSplits,
+    ReviewStats,
+    load_peoples_daily,
+    load_peoples_daily_tagged,
+    load_reviews,
+    pretraining_corpus,
+    review_splits,
+)
+from .datasets import ClassificationDataset, LMBlockDataset, collate
+
+__all__ = [
+    "ClassificationDataset",
+    "LMBlockDataset",
+    "ReviewSplits",
+    "ReviewStats",
+    "collate",
+    "load_peoples_daily",
+    "load_peoples_daily_tagged",
+    "load_reviews",
+    "pretraining_corpus",
+    "review_splits",
+]
