@@ -84,10 +84,10 @@ def causal_lm_blocks(token_ids: Sequence[int] | Tensor, block_size: int) -> Tens
     """Cut one long token stream into (n_blocks, block_size) contiguous blocks; the tail that does not fill a block is dropped."""
     ids = torch.as_tensor(token_ids, dtype=torch.long)
     if ids.dim() != 1:
-        raise ValueError(f"token_ids must be one flat sequence, got shape {tuple(ids.shape)}")
+        raise ValueError(f"token_ids must be one flat (1-D) sequence, got shape {tuple(ids.shape)}")
     if block_size < 2:
         raise ValueError(f"block_size must be at least 2 (an input and a next token), got {block_size}")
     n = ids.numel() // block_size
     if n == 0:
-        raise ValueError(f"{ids.numel()} tokens do not fill one block of {block_size}")
+        raise ValueError(f"only {ids.numel()} tokens, fewer than one block of {block_size}")
     return ids[: n * block_size].view(n, block_size)

@@ -91,7 +91,7 @@ def test_nsp_labels_are_exact_and_balanced():
 def test_causal_lm_blocks_cut_a_stream():
     blocks = causal_lm_blocks(list(range(10)), 4)
     assert blocks.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    with pytest.raises(ValueError, match="do not fill one block"):
+    with pytest.raises(ValueError, match="only 2 tokens, fewer than one block of 4"):
         causal_lm_blocks([1, 2], 4)
     with pytest.raises(ValueError, match="one flat sequence"):
         causal_lm_blocks(torch.zeros(2, 3, dtype=torch.long), 2)

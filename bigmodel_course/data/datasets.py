@@ -89,16 +89,10 @@ class LMBlockDataset(Dataset):
     """Contiguous non-overlapping blocks of a token stream for causal LM; the model shifts labels itself."""
 
     def __init__(self, token_ids: Sequence[int] | Tensor, block_size: int):
-        ids = token_ids if isinstance(token_ids, Tensor) else torch.tensor(list(token_ids), dtype=torch.long)
-        if ids.dim() != 1:
-            raise ValueError(f"token_ids must be 1-D, got shape {tuple(ids.shape)}")
-        if not isinstance(block_size, int) or block_size < 2:
-            raise ValueError(f"block_size must be an int >= 2, got {block_size!r}")
-        if ids.numel() < block_size:
-            raise ValueError(f"only {ids.numel()} tokens, fewer than one block of {block_size}")
-        n = ids.numel() // block_size
+        from ..pretraining import causal_lm_blocks
+
         self.block_size = block_size
-        self.blocks = ids[: n * block_size].to(torch.long).reshape(n, block_size)
+        self.blocks = causal_lm_blocks(token_ids, block_size)
 
     def __len__(self) -> int:
         return self.blocks.shape[0]
