@@ -1,0 +1,226 @@
+"""Pre-train the course's small BERT (MLM + NSP) and GPT (causal LM) on the offline Chinese corpus, and load them.
+
+Models live in the cache directory, one folder per (model, profile):
+`model.safetensors`, `config.json`, `tokenizer.json`, `history.json`, `meta.json` and `hf/`
+(the same weights as `transformers` BertForPreTraining / GPT2LMHeadModel, loadable offline).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .data import LMBlockDataset, pretraining_corpus
+from .pretraining import make_nsp_pairs, mask_tokens
+from .tokenization import CharTokenizer
+from .training import Trainer, TrainConfig, save_history
+from .transformer import GPT, EncoderConfig, EncoderForPreTraining, GPTConfig
+from .utils import cache_dir, get_profile, seed_everything
+
+KINDS = ("bert", "gpt")
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """Corpus, model and training sizes of one pre-training run."""
+
+    n_texts: int | None  # first n texts of the shuffled corpus; None = all
+    max_len: int
+    d_model: int
+    n_heads: int
+    n_layers: int
+    batch_size: int
+    max_steps: int
+    lr: float
+    warmup_steps: int
+    min_freq: int = 2  # characters seen fewer times become [UNK]
+
+
+SPECS: dict[tuple[str, str], PretrainSpec] = {
+    ("bert", "ci"): PretrainSpec(1500, 64, 64, 2, 2, 16, 30, 1e-3, 5),
+    ("gpt", "ci"): PretrainSpec(1500, 64, 64, 2, 2, 16, 30, 1e-3, 5),
+    ("bert", "full"): PretrainSpec(None, 128, 128, 4, 4, 32, 1200, 5e-4, 100),
+    ("gpt", "full"): PretrainSpec(None, 128, 128, 4, 4, 16, 1500, 5e-4, 100),
+}
+
+_SENTENCE_END = re.compile(r"(?<=[。！？!?；;])")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split Chinese text after 。！？!?；; keeping the punctuation; empty pieces are dropped."""
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def nsp_documents(texts: Sequence[str]) -> list[list[str]]:
+    """Each text (a news paragraph or a review) as a document of sentences; texts with one sentence are kept too."""
+    return [sents for sents in (split_sentences(t) for t in texts) if sents]
+
+
+def corpus(n_texts: int | None = None, seed: int = 0) -> list[str]:
+    """Pre-training texts (People's Daily + train-split reviews only), shuffled with `seed`; the first n_texts."""
+    texts = pretraining_corpus(include_reviews=True, seed=seed)
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
+    texts = [texts[i] for i in order]
+    return texts if n_texts is None else texts[:n_texts]
+
+
+class NSPMLMDataset(Dataset):
+    """Sentence pairs for BERT pre-training; masking is applied per batch (dynamic masking) by `collate`."""
+
+    def __init__(self, texts: Sequence[str], tokenizer: CharTokenizer, max_len: int, seed: int = 0) -> None:
+        pairs = make_nsp_pairs(nsp_documents(texts), seed=seed)
+        if not pairs:
+            raise ValueError("the texts give no sentence pairs: each needs at least two sentences")
+        self.tokenizer, self.max_len = tokenizer, max_len
+        self.items = []
+        for p in pairs:
+            ids, types = tokenizer.encode_pair(p.a, p.b, max_len=max_len)
+            self.items.append((torch.tensor(ids), torch.tensor(types), p.label))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
+        return self.items[i]
+
+    def collate(self, batch: Sequence[tuple[Tensor, Tensor, int]]) -> dict[str, Tensor]:
+        """Pad, then mask 15 % of the tokens (80/10/10) with the global torch RNG."""
+        tok = self.tokenizer
+        width = max(ids.numel() for ids, _, _ in batch)
+        input_ids = torch.full((len(batch), width), tok.pad_id, dtype=torch.long)
+        token_type_ids = torch.zeros_like(input_ids)
+        for r, (ids, types, _) in enumerate(batch):
+            input_ids[r, : ids.numel()], token_type_ids[r, : types.numel()] = ids, types
+        attention_mask = (input_ids != tok.pad_id).long()
+        masked, labels = mask_tokens(input_ids, tok.mask_id, tok.vocab_size, tok.special_ids)
+        return {
+            "input_ids": masked, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+            "labels": labels, "next_sentence_label": torch.tensor([b[2] for b in batch]),
+        }
+
+
+def gpt_stream(texts: Sequence[str], tokenizer: CharTokenizer) -> list[int]:
+    """All texts as one token stream, each ended by [SEP] (the GPT's end-of-text token)."""
+    stream: list[int] = []
+    for t in texts:
+        stream += tokenizer.encode(t, add_special=False) + [tokenizer.sep_id]
+    return stream
+
+
+def build_model(kind: str, spec: PretrainSpec, vocab_size: int, pad_id: int):
+    """A freshly initialised small BERT (EncoderForPreTraining) or GPT of the given sizes."""
+    common = dict(vocab_size=vocab_size, max_len=spec.max_len, d_model=spec.d_model, n_heads=spec.n_heads,
+                  n_layers=spec.n_layers, pad_token_id=pad_id, dropout=0.1, attn_dropout=0.1)
+    if kind == "bert":
+        return EncoderForPreTraining(EncoderConfig(**common))
+    return GPT(GPTConfig(**common))
+
+
+def model_dir(kind: str, profile: str, root: Path | None = None) -> Path:
+    """Folder of one pre-trained model in the cache."""
+    _check(kind, profile)
+    return (root or cache_dir("pretrained")) / f"{kind}-{profile}"
+
+
+def _check(kind: str, profile: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown model {kind!r}; expected one of {KINDS}")
+    get_profile(profile)
+
+
+def pretrain(kind: str, profile: str = "full", root: Path | None = None, progress: bool = True) -> Path:
+    """Pre-train `kind` ('bert' or 'gpt') for `profile` and publish it atomically in the cache; returns its folder."""
+    _check(kind, profile)
+    spec = SPECS[(kind, profile)]
+    seed_everything(0)
+    texts = corpus(spec.n_texts)
+    tokenizer = CharTokenizer.train(texts, min_freq=spec.min_freq)
+    model = build_model(kind, spec, tokenizer.vocab_size, tokenizer.pad_id)
+    if kind == "bert":
+        data = NSPMLMDataset(texts, tokenizer, spec.max_len)
+        loader = DataLoader(data, batch_size=spec.batch_size, shuffle=True, collate_fn=data.collate)
+    else:
+        data = LMBlockDataset(gpt_stream(texts, tokenizer), spec.max_len)
+        loader = DataLoader(data, batch_size=spec.batch_size, shuffle=True)
+    config = TrainConfig(lr=spec.lr, max_steps=spec.max_steps, warmup_steps=spec.warmup_steps,
+                         weight_decay=0.01, log_every=10, progress=progress)
+    trainer = Trainer(model, config, loader)
+    start = time.perf_counter()
+    history = trainer.train()
+    seconds = time.perf_counter() - start
+    meta = {"kind": kind, "profile": profile, "spec": asdict(spec), "train_seconds": round(seconds, 1),
+            "n_texts": len(texts), "n_examples": len(data), "steps": trainer.step,
+            "device": str(trainer.device), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return _publish(model.cpu(), tokenizer, history, meta, model_dir(kind, profile, root))
+
+
+def _publish(model, tokenizer: CharTokenizer, history: list[dict], meta: dict, target: Path) -> Path:
+    """Write every file into a temporary sibling folder, then swap it in, so a crash never leaves half a model."""
+    from .interop import encoder_to_hf, gpt_to_hf
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_model(model, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2), encoding="utf-8")
+        tokenizer.save(tmp / "tokenizer.json")
+        save_history(history, tmp / "history.json")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+        hf = encoder_to_hf(model) if meta["kind"] == "bert" else gpt_to_hf(model)
+        hf.save_pretrained(tmp / "hf")
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+@dataclass
+class Pretrained:
+    """A loaded pre-trained model with its tokenizer, training history and run facts."""
+
+    model: torch.nn.Module
+    tokenizer: CharTokenizer
+    history: list[dict]
+    meta: dict
+    path: Path
+
+
+def load_pretrained(kind: str, profile: str | None = None, root: Path | None = None,
+                    train_if_missing: bool = True, progress: bool = True) -> Pretrained:
+    """Load the pre-trained `kind` of a profile from the cache, pre-training it first when it is missing."""
+    profile = get_profile(profile).name
+    path = model_dir(kind, profile, root)
+    if not (path / "model.safetensors").is_file():
+        if not train_if_missing:
+            raise FileNotFoundError(f"no pre-trained {kind} for profile {profile!r} at {path}; "
+                                    f"run `bigmodel-course pretrain --model {kind} --profile {profile}`")
+        pretrain(kind, profile, root, progress)
+    try:
+        cfg_cls = EncoderConfig if kind == "bert" else GPTConfig
+        cfg = cfg_cls.from_dict(json.loads((path / "config.json").read_text(encoding="utf-8")))
+        model = EncoderForPreTraining(cfg) if kind == "bert" else GPT(cfg)
+        load_model(model, str(path / "model.safetensors"))
+        tokenizer = CharTokenizer.load(path / "tokenizer.json")
+        history = json.loads((path / "history.json").read_text(encoding="utf-8"))
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise ValueError(f"the pre-trained {kind} at {path} is unreadable ({err}); delete it to retrain") from err
+    return Pretrained(model.eval(), tokenizer, history, meta, path)

@@ -1,0 +1,89 @@
+"""Pre-training entry points (ci profile, tiny and fast) and the cache they publish to."""
+
+import pytest
+import torch
+from transformers import BertForMaskedLM, GPT2LMHeadModel
+
+from bigmodel_course.data import review_splits
+from bigmodel_course.pretrained import (
+    NSPMLMDataset,
+    corpus,
+    load_pretrained,
+    model_dir,
+    nsp_documents,
+    pretrain,
+    split_sentences,
+)
+from bigmodel_course.pretraining import IGNORE_INDEX
+from bigmodel_course.tokenization import CharTokenizer
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_sentence_split_and_documents():
+    assert split_sentences("今天很好。明天呢？好！") == ["今天很好。", "明天呢？", "好！"]
+    assert nsp_documents(["一。二。", "  ", "三"]) == [["一。", "二。"], ["三"]]
+
+
+def test_corpus_holds_no_validation_or_test_review():
+    texts = set(corpus())
+    held_out = review_splits()
+    assert not texts & set(held_out.test_texts) and not texts & set(held_out.val_texts)
+    assert corpus(100) == corpus(100) and len(corpus(100)) == 100
+
+
+def test_bert_batches_are_masked_pairs():
+    texts = corpus(200)
+    tok = CharTokenizer.train(texts)
+    data = NSPMLMDataset(texts, tok, max_len=48)
+    batch = data.collate([data[i] for i in range(8)])
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["token_type_ids"].shape
+    assert batch["next_sentence_label"].shape == (8,)
+    chosen = batch["labels"] != IGNORE_INDEX
+    assert chosen.any() and torch.all(batch["attention_mask"][chosen] == 1)
+    assert torch.all(batch["input_ids"][:, 0] == tok.cls_id)
+
+
+def test_gpt_pretrains_publishes_and_loads_in_transformers(root):
+    path = pretrain("gpt", "ci", root=root, progress=False)
+    assert path == model_dir("gpt", "ci", root)
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "history.json", "meta.json", "hf"):
+        assert (path / name).exists(), name
+    loaded = load_pretrained("gpt", "ci", root=root)
+    assert loaded.meta["steps"] == 30 and loaded.history[-1]["step"] == 30
+    assert loaded.history[-1]["train_loss"] < loaded.history[0]["train_loss"]
+    hf = GPT2LMHeadModel.from_pretrained(path / "hf").eval()
+    ids = torch.tensor([loaded.tokenizer.encode("人民日报", add_special=False)])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids).logits, hf(ids).logits, atol=1e-5, rtol=0)
+    assert not list(root.glob(".*tmp*")), "temporary folders left behind"
+
+
+def test_bert_pretrains_and_loads_as_bert_for_masked_lm(root):
+    path = pretrain("bert", "ci", root=root, progress=False)
+    loaded = load_pretrained("bert", "ci", root=root)
+    hf = BertForMaskedLM.from_pretrained(path / "hf").eval()
+    enc = loaded.tokenizer.batch_encode(["经济发展很快。"], max_len=32)
+    with torch.no_grad():
+        ours = loaded.model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).logits
+        theirs = hf(**enc).logits
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_loading_reuses_the_cache_and_reports_problems(root, tmp_path):
+    first = load_pretrained("gpt", "ci", root=root).meta["created"]
+    assert load_pretrained("gpt", "ci", root=root).meta["created"] == first  # not trained again
+    with pytest.raises(FileNotFoundError, match="bigmodel-course pretrain --model bert --profile ci"):
+        load_pretrained("bert", "ci", root=tmp_path, train_if_missing=False)
+    broken = model_dir("gpt", "ci", tmp_path)
+    broken.mkdir(parents=True)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="unreadable"):
+        load_pretrained("gpt", "ci", root=tmp_path)
+    with pytest.raises(ValueError, match="unknown model 't5'"):
+        pretrain("t5", "ci", root=tmp_path)
+    with pytest.raises(ValueError, match="unknown run profile 'huge'"):
+        model_dir("gpt", "huge")
