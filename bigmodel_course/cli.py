@@ -42,10 +42,32 @@ def _bench_gpt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    from .pretrained import load_pretrained, model_dir, pretrain
+
+    path = model_dir(args.model, args.profile)
+    if (path / "model.safetensors").is_file() and not args.force:
+        print(f"already pre-trained: {path} (pass --force to train again)")
+        return 0
+    path = pretrain(args.model, args.profile, progress=not args.no_progress)
+    loaded = load_pretrained(args.model, args.profile, train_if_missing=False)
+    meta, history = loaded.meta, [h for h in loaded.history if "train_loss" in h]
+    print(f"pre-trained {args.model} ({args.profile}): {meta['steps']} steps in {meta['train_seconds']} s on "
+          f"{meta['device']}, train loss {history[0]['train_loss']:.3f} -> {history[-1]['train_loss']:.3f}")
+    print(f"saved to {path} (our format) and {path / 'hf'} (transformers)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the command line."""
     parser = argparse.ArgumentParser(prog="bigmodel-course", description="Companion tools of the book 大模型应用开发")
     commands = parser.add_subparsers(dest="command", required=True)
+    pre = commands.add_parser("pretrain", help="pre-train the small BERT or GPT on the offline Chinese corpus")
+    pre.add_argument("--model", choices=("bert", "gpt"), required=True)
+    pre.add_argument("--profile", choices=("ci", "full"), default="full")
+    pre.add_argument("--force", action="store_true", help="train again even if the cache holds the model")
+    pre.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pre.set_defaults(func=_pretrain)
     bench = commands.add_parser("bench", help="run a benchmark")
     which = bench.add_subparsers(dest="benchmark", required=True)
     att = which.add_parser("attention", help="formula vs fused vs torch.nn.MultiheadAttention")

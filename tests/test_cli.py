@@ -35,3 +35,14 @@ def test_bench_gpt_compares_training_steps(capsys):
                  "--vocab", "50", "--batch", "2", "--rounds", "1"]) == 0
     assert "bigmodel_course GPT" in capsys.readouterr().out
     assert main(["bench", "gpt", "--vocab", "0"]) == 2
+
+
+def test_cli_pretrain_trains_once_then_reuses(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BIGMODEL_CACHE", str(tmp_path))
+    assert main(["pretrain", "--model", "gpt", "--profile", "ci", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "pre-trained gpt (ci): 30 steps" in out and "transformers" in out
+    assert main(["pretrain", "--model", "gpt", "--profile", "ci"]) == 0
+    assert "already pre-trained" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--model", "t5"])
