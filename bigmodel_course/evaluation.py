@@ -1,0 +1,49 @@
+"""Classification metrics: accuracy, per-class precision/recall/F1, confusion matrix."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _check(pred: Tensor, target: Tensor) -> None:
+    if pred.shape != target.shape or pred.dim() != 1:
+        raise ValueError(f"predictions {tuple(pred.shape)} and targets {tuple(target.shape)} must be equal 1-D shapes")
+    if pred.numel() == 0:
+        raise ValueError("no predictions to evaluate")
+
+
+def accuracy(pred: Tensor, target: Tensor) -> float:
+    """Share of predictions equal to the target."""
+    _check(pred, target)
+    return float((pred == target).float().mean())
+
+
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """(num_classes, num_classes) counts; row = true class, column = predicted class."""
+    _check(pred, target)
+    if int(max(pred.max(), target.max())) >= num_classes or int(min(pred.min(), target.min())) < 0:
+        raise ValueError(f"class ids must lie in [0, {num_classes})")
+    idx = target.long() * num_classes + pred.long()
+    return torch.bincount(idx, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def precision_recall_f1(pred: Tensor, target: Tensor, num_classes: int) -> dict[str, Tensor]:
+    """Per-class precision, recall and F1 (0 where undefined), plus their macro averages."""
+    cm = confusion_matrix(pred, target, num_classes).double()
+    tp = cm.diag()
+    precision = torch.where(cm.sum(0) > 0, tp / cm.sum(0).clamp(min=1), torch.zeros_like(tp))
+    recall = torch.where(cm.sum(1) > 0, tp / cm.sum(1).clamp(min=1), torch.zeros_like(tp))
+    denom = precision + recall
+    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), torch.zeros_like(tp))
+    return {"precision": precision, "recall": recall, "f1": f1,
+            "macro_precision": precision.mean(), "macro_recall": recall.mean(), "macro_f1": f1.mean()}
+
+
+def classification_metrics(logits: Tensor, labels: Tensor | None) -> dict[str, float]:
+    """Metrics from logits (N, C) for `Trainer(metrics_fn=...)`: accuracy and macro F1."""
+    if labels is None:
+        raise ValueError("classification metrics need labels")
+    pred = logits.argmax(dim=-1)
+    return {"accuracy": accuracy(pred, labels),
+            "macro_f1": float(precision_recall_f1(pred, labels, logits.shape[-1])["macro_f1"])}

@@ -1,0 +1,34 @@
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix as sk_confusion, precision_recall_fscore_support
+
+from bigmodel_course.evaluation import accuracy, classification_metrics, confusion_matrix, precision_recall_f1
+
+
+def test_metrics_equal_scikit_learn():
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 4, (300,), generator=g)
+    pred = torch.where(torch.rand(300, generator=g) < 0.6, target, torch.randint(0, 4, (300,), generator=g))
+    pred[pred == 3] = 2  # class 3 is never predicted: precision undefined -> 0
+    assert accuracy(pred, target) == pytest.approx(accuracy_score(target, pred))
+    assert confusion_matrix(pred, target, 4).tolist() == sk_confusion(target, pred, labels=range(4)).tolist()
+    p, r, f, _ = precision_recall_fscore_support(target, pred, labels=range(4), zero_division=0)
+    ours = precision_recall_f1(pred, target, 4)
+    torch.testing.assert_close(ours["precision"], torch.tensor(p))
+    torch.testing.assert_close(ours["recall"], torch.tensor(r))
+    torch.testing.assert_close(ours["f1"], torch.tensor(f))
+    assert float(ours["macro_f1"]) == pytest.approx(f.mean())
+
+
+def test_classification_metrics_from_logits_and_errors():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]])
+    m = classification_metrics(logits, torch.tensor([0, 1, 1]))
+    assert m["accuracy"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="equal 1-D shapes"):
+        accuracy(torch.zeros(3), torch.zeros(2))
+    with pytest.raises(ValueError, match=r"class ids must lie in \[0, 2\)"):
+        confusion_matrix(torch.tensor([0, 2]), torch.tensor([0, 1]), 2)
+    with pytest.raises(ValueError, match="no predictions"):
+        accuracy(torch.zeros(0), torch.zeros(0))
+    with pytest.raises(ValueError, match="need labels"):
+        classification_metrics(logits, None)
