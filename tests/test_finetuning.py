@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from bigmodel_course.finetuning import (
+    FINETUNE_SPECS,
+    classifier_from,
+    label_efficiency,
+    labelled_subset,
+    tfidf_baseline,
+)
+from bigmodel_course.pretrained import load_pretrained
+
+
+def test_labelled_subset_is_stratified_and_reproducible():
+    texts = [f"t{i}" for i in range(100)]
+    labels = [i % 4 == 0 for i in range(100)]
+    x, y = labelled_subset(texts, labels, 20, seed=3)
+    assert len(x) == 20 and sum(y) == 5 and labelled_subset(texts, labels, 20, seed=3) == (x, y)
+    with pytest.raises(ValueError, match=r"subset size must be in \[2, 100\], got 101"):
+        labelled_subset(texts, labels, 101)
+
+
+def test_tfidf_baseline_learns_an_easy_task():
+    train = ["好 好 好", "很好", "真好", "差 差", "很差", "真差"] * 3
+    labels = [1, 1, 1, 0, 0, 0] * 3
+    assert tfidf_baseline(train, labels, ["好", "差"], [1, 0]) == 1.0
+
+
+def test_classifier_starts_from_the_pretrained_encoder(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIGMODEL_CACHE", str(tmp_path))
+    pre = load_pretrained("bert", "ci", progress=False)
+    model = classifier_from(pre, pre.model.cfg)
+    for (name, a), b in zip(model.encoder.state_dict().items(), pre.model.encoder.state_dict().values()):
+        assert torch.equal(a, b), name
+    random = classifier_from(None, pre.model.cfg)
+    assert not torch.equal(random.encoder.stack.embeddings.word.weight, pre.model.encoder.stack.embeddings.word.weight)
+
+    rows = label_efficiency("ci")
+    assert [r["labels"] for r in rows] == list(FINETUNE_SPECS["ci"].label_counts)
+    for r in rows:
+        assert 0.0 <= r["pretrained"] <= 1.0 and 0.0 <= r["random"] <= 1.0 and 0.0 <= r["tfidf_lr"] <= 1.0
