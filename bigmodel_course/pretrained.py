@@ -50,7 +50,7 @@ class PretrainSpec:
 SPECS: dict[tuple[str, str], PretrainSpec] = {
     ("bert", "ci"): PretrainSpec(1500, 64, 64, 2, 2, 16, 30, 1e-3, 5),
     ("gpt", "ci"): PretrainSpec(1500, 64, 64, 2, 2, 16, 30, 1e-3, 5),
-    ("bert", "full"): PretrainSpec(None, 128, 128, 4, 4, 32, 1200, 5e-4, 100),
+    ("bert", "full"): PretrainSpec(None, 128, 128, 4, 4, 32, 1000, 5e-4, 100),
     ("gpt", "full"): PretrainSpec(None, 128, 128, 4, 4, 16, 1500, 5e-4, 100),
 }
 
