@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .transformer import ModelOutput, check_token_ids
+from .transformer import ModelOutput, check_token_ids, classification_loss
 
 __all__ = [
     "MLPClassifier",
@@ -38,15 +38,6 @@ __all__ = [
     "skipgram_pairs",
     "subsample_frequent",
 ]
-
-
-def _classification_loss(logits: Tensor, labels: Tensor | None) -> Tensor | None:
-    """Cross-entropy of (B, C) logits against (B,) integer labels, or None without labels."""
-    if labels is None:
-        return None
-    if labels.shape != logits.shape[:1]:
-        raise ValueError(f"labels must have shape ({logits.shape[0]},), got {tuple(labels.shape)}")
-    return F.cross_entropy(logits, labels)
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -90,7 +81,7 @@ class MLPClassifier(nn.Module):
                 f"pixel_values must be (B, ...) with {self.in_features} values per example, got {tuple(pixel_values.shape)}"
             )
         logits = self.net(x)
-        return ModelOutput(logits=logits, loss=_classification_loss(logits, labels))
+        return ModelOutput(logits=logits, loss=classification_loss(logits, labels))
 
 
 class SmallCNN(nn.Module):
@@ -123,7 +114,7 @@ class SmallCNN(nn.Module):
             raise ValueError(f"pixel_values must hold {s}×{s} single-channel images, got {tuple(pixel_values.shape)}")
         x = pixel_values.reshape(-1, 1, s, s)
         logits = self.classifier(self.features(x).flatten(1))
-        return ModelOutput(logits=logits, loss=_classification_loss(logits, labels))
+        return ModelOutput(logits=logits, loss=classification_loss(logits, labels))
 
 
 # ------------------------------------------------------------------ sequences
@@ -178,7 +169,7 @@ class RNNClassifier(nn.Module):
         hidden, _ = pad_packed_sequence(out, batch_first=True, total_length=length)
         logits = self.classifier(self.drop(last))
         return ModelOutput(last_hidden_state=hidden, pooled=last, logits=logits,
-                           loss=_classification_loss(logits, labels))
+                           loss=classification_loss(logits, labels))
 
 
 # ------------------------------------------------------------------ word2vec

@@ -280,7 +280,8 @@ class TransformerStack(nn.Module):
         return ModelOutput(last_hidden_state=x, attentions=attentions if return_attention else None)
 
 
-def _classification_loss(logits: Tensor, labels: Tensor | None) -> Tensor | None:
+def classification_loss(logits: Tensor, labels: Tensor | None) -> Tensor | None:
+    """Cross-entropy of (B, C) logits against (B,) integer labels, or None without labels."""
     if labels is None:
         return None
     if labels.shape != logits.shape[:1]:
@@ -376,7 +377,7 @@ class EncoderForPreTraining(nn.Module):
                 raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
             losses.append(F.cross_entropy(out.logits.flatten(0, 1), labels.flatten(), ignore_index=-100))
         if next_sentence_label is not None:
-            losses.append(_classification_loss(out.nsp_logits, next_sentence_label))
+            losses.append(classification_loss(out.nsp_logits, next_sentence_label))
         out.loss = sum(losses) if losses else None
         return out
 
@@ -396,7 +397,7 @@ class EncoderForSequenceClassification(nn.Module):
         """Class logits (B, num_labels) and, given labels (B,), the cross-entropy loss."""
         out = self.encoder(input_ids, attention_mask, token_type_ids, return_attention)
         out.logits = self.classifier(self.drop(out.pooled))
-        out.loss = _classification_loss(out.logits, labels)
+        out.loss = classification_loss(out.logits, labels)
         return out
 
 
@@ -458,7 +459,7 @@ class GPTForSequenceClassification(nn.Module):
             last = attention_mask.long().sum(dim=1).clamp(min=1) - 1
         out.pooled = h[torch.arange(h.shape[0], device=h.device), last]
         out.logits = self.score(out.pooled)
-        out.loss = _classification_loss(out.logits, labels)
+        out.loss = classification_loss(out.logits, labels)
         return out
 
 
