@@ -10,12 +10,23 @@ import torch
 from .utils import get_device
 
 
+def _device(args: argparse.Namespace) -> torch.device:
+    """The benchmark device, after applying --threads."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return get_device(args.device)
+
+
+def _add_timing_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
+
+
 def _bench_attention(args: argparse.Namespace) -> int:
     from .benchmarks import bench_attention, format_results
 
-    device = get_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = _device(args)
     results = bench_attention(args.batch, args.length, args.width, args.heads, args.rounds, device, args.causal)
     title = (f"attention forward+backward on {device} ({torch.get_num_threads()} threads): batch {args.batch}, "
              f"length {args.length}, width {args.width}, {args.heads} heads, causal={args.causal}, "
@@ -30,9 +41,7 @@ def _bench_gpt(args: argparse.Namespace) -> int:
     from .benchmarks import bench_gpt, format_results
 
     hf_logging.set_verbosity_error()  # keep the table free of transformers' notices
-    device = get_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = _device(args)
     results = bench_gpt(args.layers, args.width, args.heads, args.context, args.vocab, args.batch, args.rounds, device)
     title = (f"GPT training step on {device} ({torch.get_num_threads()} threads): {args.layers} layers, "
              f"width {args.width}, {args.heads} heads, context {args.context}, vocabulary {args.vocab}, "
@@ -75,10 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--length", type=int, default=256)
     att.add_argument("--width", type=int, default=256)
     att.add_argument("--heads", type=int, default=8)
-    att.add_argument("--rounds", type=int, default=20)
     att.add_argument("--causal", action="store_true")
-    att.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    att.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
+    _add_timing_args(att)
     att.set_defaults(func=_bench_attention)
     gpt = which.add_parser("gpt", help="training step of our GPT vs transformers GPT2LMHeadModel")
     gpt.add_argument("--layers", type=int, default=4)
@@ -87,9 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     gpt.add_argument("--context", type=int, default=128)
     gpt.add_argument("--vocab", type=int, default=5000)
     gpt.add_argument("--batch", type=int, default=16)
-    gpt.add_argument("--rounds", type=int, default=20)
-    gpt.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    gpt.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
+    _add_timing_args(gpt)
     gpt.set_defaults(func=_bench_gpt)
     return parser
 

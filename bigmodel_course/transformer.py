@@ -313,6 +313,17 @@ class TransformerEncoder(nn.Module):
         return out
 
 
+def _check_token_labels(logits: Tensor, labels: Tensor) -> None:
+    if labels.shape != logits.shape[:2]:
+        raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(logits.shape[:2])}")
+
+
+def masked_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy of (B, T, vocab) logits against (B, T) labels, skipping positions labelled -100."""
+    _check_token_labels(logits, labels)
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
 class MaskedLMHead(nn.Module):
     """BERT's MLM head: dense → activation → LayerNorm → vocabulary projection (tied) + bias."""
 
@@ -346,9 +357,7 @@ class EncoderForMaskedLM(nn.Module):
         out = self.encoder(input_ids, attention_mask, token_type_ids, return_attention)
         out.logits = self.mlm_head(out.last_hidden_state)
         if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
-            out.loss = F.cross_entropy(out.logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+            out.loss = masked_lm_loss(out.logits, labels)
         return out
 
 
@@ -373,9 +382,7 @@ class EncoderForPreTraining(nn.Module):
         out.nsp_logits = self.nsp_head(out.pooled)
         losses = []
         if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
-            losses.append(F.cross_entropy(out.logits.flatten(0, 1), labels.flatten(), ignore_index=-100))
+            losses.append(masked_lm_loss(out.logits, labels))
         if next_sentence_label is not None:
             losses.append(classification_loss(out.nsp_logits, next_sentence_label))
         out.loss = sum(losses) if losses else None
@@ -423,8 +430,7 @@ class GPT(nn.Module):
         out = self.transformer(input_ids, attention_mask, kv_cache=kv_cache, return_attention=return_attention)
         out.logits = self.lm_head(out.last_hidden_state)
         if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels shape {tuple(labels.shape)} != input_ids shape {tuple(input_ids.shape)}")
+            _check_token_labels(out.logits, labels)
             # shift the labels rather than the logits: no copy of the (B, T, vocab) tensor
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)
             out.loss = F.cross_entropy(out.logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
