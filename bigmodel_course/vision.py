@@ -1,5 +1,5 @@
 """Vision models for small images: a Vision Transformer built from the package's Transformer blocks,
-and torchvision's ResNet-18 adapted to 8×8 inputs."""
+and torchvision's ResNet-18 adapted to 8×8 inputs; both return a ModelOutput (logits, loss)."""
 
 from __future__ import annotations
 
@@ -110,14 +110,30 @@ class ViT(nn.Module):
                            pooled=x[:, 0], attentions=attentions if return_attention else None)
 
 
-def resnet18_small(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
-    """torchvision ResNet-18 (random weights) for tiny images: 3×3 stride-1 stem and no max-pool,
-    so an 8×8 input keeps 8×8 → 4×4 → 2×2 → 1×1 through the four stages instead of vanishing."""
-    from torchvision.models import resnet18
+class ResNetForImageClassification(nn.Module):
+    """torchvision ResNet-18 (random weights) for tiny images, returning a ModelOutput like the other models.
 
-    if num_classes <= 0 or in_channels <= 0:
-        raise ValueError(f"num_classes and in_channels must be positive, got {num_classes} and {in_channels}")
-    model = resnet18(weights=None, num_classes=num_classes)
-    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    model.maxpool = nn.Identity()
-    return model
+    The stem is a 3×3 stride-1 convolution with no max-pool, so an 8×8 input keeps
+    8×8 → 4×4 → 2×2 → 1×1 through the four stages instead of vanishing after the stem.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        from torchvision.models import resnet18
+
+        if num_classes <= 0 or in_channels <= 0:
+            raise ValueError(f"num_classes and in_channels must be positive, got {num_classes} and {in_channels}")
+        self.config = {"num_classes": num_classes, "in_channels": in_channels}
+        self.resnet = resnet18(weights=None, num_classes=num_classes)
+        self.resnet.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        self.resnet.maxpool = nn.Identity()
+
+    def forward(self, pixel_values: Tensor, labels: Tensor | None = None) -> ModelOutput:
+        """Class logits (B, num_classes) for images (B, C, H, W); given labels (B,), the cross-entropy loss."""
+        c = self.config["in_channels"]
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != c:
+            raise ValueError(f"pixel_values must be (batch, {c}, height, width), got {tuple(pixel_values.shape)}")
+        if not pixel_values.is_floating_point():
+            raise ValueError(f"pixel_values must be floating point, got {pixel_values.dtype}")
+        logits = self.resnet(pixel_values)
+        return ModelOutput(logits=logits, loss=classification_loss(logits, labels))
