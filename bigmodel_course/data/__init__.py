@@ -10,6 +10,7 @@ from .corpora import (
     review_splits,
 )
 from .datasets import ClassificationDataset, LMBlockDataset, collate
+from .vision import normalise_digits
 
 __all__ = [
     "ClassificationDataset",
@@ -20,6 +21,7 @@ __all__ = [
     "load_peoples_daily",
     "load_peoples_daily_tagged",
     "load_reviews",
+    "normalise_digits",
     "pretraining_corpus",
     "review_splits",
 ]
