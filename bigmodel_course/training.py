@@ -56,6 +56,7 @@ class TrainConfig:
     early_stopping_patience: int | None = None  # evaluations without improvement; None: off
     monitor: str = "eval_loss"
     mode: str = "min"
+    restore_best: bool = False  # at the end, load the weights of the best evaluation (kept in memory, not in checkpoints)
     log_every: int = 10
     save_every: int | None = None  # with Trainer(checkpoint_dir=...): save every n steps and at the end
     seed: int = 0
@@ -189,8 +190,9 @@ class Trainer:
     ) -> None:
         if not isinstance(config, TrainConfig):
             raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
-        if eval_loader is None and (config.eval_every or config.early_stopping_patience or metrics_fn):
-            raise ValueError("eval_every, early_stopping_patience and metrics_fn need an eval_loader")
+        if eval_loader is None and (config.eval_every or config.early_stopping_patience or metrics_fn
+                                    or config.restore_best):
+            raise ValueError("eval_every, early_stopping_patience, restore_best and metrics_fn need an eval_loader")
         if config.save_every and checkpoint_dir is None:
             raise ValueError("save_every needs a checkpoint_dir")
         self.config, self.train_loader, self.eval_loader = config, train_loader, eval_loader
@@ -213,6 +215,7 @@ class Trainer:
         self.best_step: int | None = None
         self.bad_evals = 0
         self.should_stop = False
+        self._best_weights: dict[str, Tensor] | None = None
         self._seeded = False
         self._stream: Iterator | None = None
 
@@ -339,6 +342,9 @@ class Trainer:
                     self.save_checkpoint(self.checkpoint_dir)
         finally:
             bar.close()
+        if cfg.restore_best and self._best_weights is not None and (self.step >= self.max_steps or self.should_stop):
+            self.model.load_state_dict(self._best_weights)
+            self._record(restored_best_step=self.best_step)
         return self.history
 
     def _evaluate_and_check(self) -> None:
@@ -353,6 +359,8 @@ class Trainer:
         )
         if better:
             self.best_metric, self.best_step, self.bad_evals = value, self.step, 0
+            if self.config.restore_best:
+                self._best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         else:
             self.bad_evals += 1
             patience = self.config.early_stopping_patience

@@ -204,6 +204,24 @@ def test_early_stopping_stops():
     assert t.history[-1]["early_stopped"] is True
 
 
+def test_restore_best_loads_the_weights_of_the_best_evaluation():
+    loader = DataLoader(cls_data(), batch_size=4)
+    scores = iter([0.1, 0.5, 0.9, 0.3, 0.2, 0.4])  # best at step 3
+    snapshots = {}
+
+    def metric(logits, labels):
+        snapshots[len(snapshots) + 1] = weights(t.model)
+        return {"score": next(scores)}
+
+    t = Trainer(Tiny(), cfg(max_steps=6, eval_every=1, monitor="eval_score", mode="max", restore_best=True),
+                loader, eval_loader=loader, metrics_fn=metric)
+    t.train()
+    assert t.best_step == 3 and t.history[-1]["restored_best_step"] == 3
+    for k, v in weights(t.model).items():
+        assert torch.equal(v, snapshots[3][k]), k
+    assert not all(torch.equal(v, snapshots[6][k]) for k, v in weights(t.model).items())
+
+
 def test_evaluate_mean_loss_and_metrics():
     data = cls_data(10)
     model = Tiny()
@@ -222,6 +240,8 @@ def test_bad_inputs():
     loader = DataLoader(cls_data(), batch_size=4)
     with pytest.raises(ValueError, match="eval_loader"):
         Trainer(Tiny(), cfg(eval_every=1), loader)
+    with pytest.raises(ValueError, match="restore_best"):
+        Trainer(Tiny(), cfg(restore_best=True), loader)
     with pytest.raises(ValueError, match="labels"):
         Trainer(Tiny(), cfg(), DataLoader(Dicts(x=torch.randn(8, 6)), batch_size=4)).train()
     with pytest.raises(ValueError, match="dict"):
