@@ -10,14 +10,26 @@ from .corpora import (
     review_splits,
 )
 from .datasets import ClassificationDataset, LMBlockDataset, collate
-from .vision import normalise_digits
+from .vision import (
+    DIGITS_MAX_VALUE,
+    DigitSplits,
+    DigitsDataset,
+    digits_augmentation,
+    digits_splits,
+    normalise_digits,
+)
 
 __all__ = [
+    "DIGITS_MAX_VALUE",
+    "DigitSplits",
+    "DigitsDataset",
     "ClassificationDataset",
     "LMBlockDataset",
     "ReviewSplits",
     "ReviewStats",
     "collate",
+    "digits_augmentation",
+    "digits_splits",
     "load_peoples_daily",
     "load_peoples_daily_tagged",
     "load_reviews",
