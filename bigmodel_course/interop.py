@@ -253,3 +253,51 @@ def encoder_to_hf(model: TransformerEncoder | EncoderForMaskedLM | EncoderForPre
         raise ValueError(f"expected TransformerEncoder, EncoderForMaskedLM or EncoderForPreTraining, got {type(model).__name__}")
     _load_exact(hf, state, f"{type(model).__name__} to BERT")
     return hf.eval()
+
+
+# ---------------------------------------------------------------- ViT
+
+
+def _vit_pairs(n_layers: int) -> list[tuple[str, str]]:
+    """(our ViT key, transformers ViTForImageClassification key) pairs, Q/K/V excepted."""
+    e = "vit.embeddings."
+    pairs = [
+        ("cls_token", e + "cls_token"), ("position", e + "position_embeddings"),
+        ("patch_embed.weight", e + "patch_embeddings.projection.weight"),
+        ("patch_embed.bias", e + "patch_embeddings.projection.bias"),
+        ("norm.weight", "vit.layernorm.weight"), ("norm.bias", "vit.layernorm.bias"),
+        ("head.weight", "classifier.weight"), ("head.bias", "classifier.bias"),
+    ]
+    for i in range(n_layers):
+        o, h = f"layers.{i}.", f"vit.layers.{i}."
+        for a, b in [("norm1", "layernorm_before"), ("norm2", "layernorm_after"), ("attn.out_proj", "attention.o_proj"),
+                     ("ffn.fc1", "mlp.fc1"), ("ffn.fc2", "mlp.fc2")]:
+            pairs += [(o + a + ".weight", h + b + ".weight"), (o + a + ".bias", h + b + ".bias")]
+    return pairs
+
+
+def vit_to_hf(model):
+    """A `transformers.ViTForImageClassification` with the weights of our `vision.ViT`."""
+    from transformers import ViTConfig as HFViTConfig
+    from transformers import ViTForImageClassification
+
+    from .vision import ViT
+
+    if not isinstance(model, ViT):
+        raise ValueError(f"expected a bigmodel_course.vision.ViT, got {type(model).__name__}")
+    c = model.cfg
+    hf_cfg = HFViTConfig(
+        image_size=c.image_size, patch_size=c.patch_size, num_channels=c.in_channels, hidden_size=c.d_model,
+        num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads, intermediate_size=c.d_ff,
+        hidden_act=_OUR_ACT[c.activation], hidden_dropout_prob=c.dropout, attention_probs_dropout_prob=c.attn_dropout,
+        layer_norm_eps=c.layer_norm_eps, qkv_bias=True, num_labels=c.num_classes,
+    )
+    hf = ViTForImageClassification(hf_cfg)
+    src = model.state_dict()
+    state = {h: src[o].clone() for o, h in _vit_pairs(c.n_layers)}
+    for i in range(c.n_layers):
+        for p in ("weight", "bias"):
+            for n, t in zip(("q_proj", "k_proj", "v_proj"), src[f"layers.{i}.attn.in_proj.{p}"].chunk(3)):
+                state[f"vit.layers.{i}.attention.{n}.{p}"] = t.clone()
+    _load_exact(hf, state, "ViT to ViTForImageClassification")
+    return hf.eval()
