@@ -1,4 +1,4 @@
-"""Classification metrics: accuracy, per-class precision/recall/F1, confusion matrix."""
+"""Classification metrics: accuracy, per-class precision/recall/F1, confusion matrix, the most confident errors."""
 
 from __future__ import annotations
 
@@ -47,3 +47,15 @@ def classification_metrics(logits: Tensor, labels: Tensor | None) -> dict[str, f
     pred = logits.argmax(dim=-1)
     return {"accuracy": accuracy(pred, labels),
             "macro_f1": float(precision_recall_f1(pred, labels, logits.shape[-1])["macro_f1"])}
+
+
+def confident_errors(probs: Tensor, target: Tensor, k: int) -> list[int]:
+    """Indices of the (at most) k misclassified examples predicted with the highest probability, worst first."""
+    if probs.dim() != 2 or probs.shape[0] != target.shape[0] or target.dim() != 1:
+        raise ValueError(f"probs must be (N, C) and target (N,), got {tuple(probs.shape)} and {tuple(target.shape)}")
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    conf, pred = probs.max(dim=-1)
+    wrong = (pred != target).nonzero().flatten()
+    order = conf[wrong].argsort(descending=True, stable=True)
+    return wrong[order][:k].tolist()

@@ -1,4 +1,4 @@
-"""The book's figure style: one CJK font, one palette, attention heatmaps and curves."""
+"""The book's figure style: one CJK font, one palette, attention heatmaps, confusion matrices and tables."""
 
 from __future__ import annotations
 
@@ -90,6 +90,32 @@ def plot_attention(
         ax.set_title(title)
     if colorbar:
         ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return ax
+
+
+def plot_confusion_matrix(cm, labels: list[str], ax: plt.Axes | None = None, title: str | None = None) -> plt.Axes:
+    """Confusion matrix (rows = true class, columns = predicted) with counts written in each cell."""
+    use_house_style()
+    m = np.asarray(cm.detach().cpu() if hasattr(cm, "detach") else cm)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"a confusion matrix must be square 2-D, got shape {m.shape}")
+    if len(labels) != m.shape[0]:
+        raise ValueError(f"{len(labels)} labels for {m.shape[0]} classes")
+    if ax is None:
+        side = 0.5 * m.shape[0] + 2
+        _, ax = plt.subplots(figsize=(side + 0.8, side))
+    ax.imshow(m, cmap="Blues")
+    ax.grid(False)
+    ax.set_xticks(range(m.shape[1]), labels)
+    ax.set_yticks(range(m.shape[0]), labels)
+    ax.set_xlabel("预测类别")
+    ax.set_ylabel("真实类别")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, f"{m[i, j]:g}", ha="center", va="center", fontsize=9,
+                    color="white" if m[i, j] > 0.6 * m.max() else "black")
+    if title:
+        ax.set_title(title)
     return ax
 
 

@@ -2,7 +2,9 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix as sk_confusion, precision_recall_fscore_support
 
-from bigmodel_course.evaluation import accuracy, classification_metrics, confusion_matrix, precision_recall_f1
+from bigmodel_course.evaluation import (
+    accuracy, classification_metrics, confident_errors, confusion_matrix, precision_recall_f1,
+)
 
 
 def test_metrics_equal_scikit_learn():
@@ -32,3 +34,15 @@ def test_classification_metrics_from_logits_and_errors():
         accuracy(torch.zeros(0), torch.zeros(0))
     with pytest.raises(ValueError, match="need labels"):
         classification_metrics(logits, None)
+
+
+def test_confident_errors_orders_wrong_predictions_by_confidence():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.05, 0.95], [0.7, 0.3]])
+    target = torch.tensor([1, 1, 1, 0, 0])  # wrong: 0 (0.9), 2 (0.6), 3 (0.95)
+    assert confident_errors(probs, target, 2) == [3, 0]
+    assert confident_errors(probs, target, 10) == [3, 0, 2]
+    assert confident_errors(probs, torch.tensor([0, 1, 0, 1, 0]), 3) == []
+    with pytest.raises(ValueError, match="k must be positive"):
+        confident_errors(probs, target, 0)
+    with pytest.raises(ValueError, match=r"probs must be \(N, C\)"):
+        confident_errors(probs[:, 0], target, 1)

@@ -67,6 +67,15 @@ def test_cjk_font_is_registered_and_heatmap_draws():
         plotting.plot_attention(torch.rand(2, 4), x_labels=list("abc"))
 
 
+def test_plot_confusion_matrix_writes_the_counts():
+    ax = plotting.plot_confusion_matrix(torch.tensor([[5, 1], [2, 7]]), ["负面", "正面"], title="混淆矩阵")
+    assert [t.get_text() for t in ax.texts] == ["5", "1", "2", "7"] and ax.get_title() == "混淆矩阵"
+    with pytest.raises(ValueError, match="square"):
+        plotting.plot_confusion_matrix(torch.zeros(2, 3), ["a", "b"])
+    with pytest.raises(ValueError, match="3 labels for 2 classes"):
+        plotting.plot_confusion_matrix(torch.zeros(2, 2), ["a", "b", "c"])
+
+
 def test_table_renders_html_and_markdown_and_checks_widths():
     t = plotting.Table(["模型", "参数"], [["GPT-2", "124,439,808"], ["<b>", 1]])
     assert repr(t).splitlines()[0] == "| 模型 | 参数 |" and "| <b> | 1 |" in repr(t)
