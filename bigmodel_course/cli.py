@@ -67,6 +67,70 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an int > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port 0..65535 (0 = any free port)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {value}")
+    return value
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serving import serve
+
+    serve(args.registry, args.host, args.port, log_level=args.log_level, access_log=not args.no_access_log,
+          port_file=args.port_file, max_batch=args.max_batch, max_text_chars=args.max_text_chars,
+          max_body_bytes=args.max_body_bytes)
+    return 0
+
+
+def _registry(args: argparse.Namespace) -> int:
+    from .serving import ModelRegistry
+
+    registry = ModelRegistry(args.registry)
+    if args.action == "promote":
+        card = registry.promote(args.name, args.version)
+        print(f"promoted {card.name} {card.version} (sha256 {card.sha256[:12]})")
+    elif args.action == "rollback":
+        card = registry.rollback(args.name)
+        print(f"rolled back {card.name} to {card.version} (sha256 {card.sha256[:12]})")
+    else:
+        cards = registry.list()
+        if not cards:
+            print(f"no models in {registry.root}")
+        for card in cards:
+            metrics = ", ".join(f"{k}={v:.4g}" for k, v in card.metrics.items()) or "-"
+            mark = "*" if card.promoted else " "
+            print(f"{mark} {card.name:<20} {card.version:<5} {card.task:<6} {card.architecture:<19} "
+                  f"{card.created}  sha256 {card.sha256[:12]}  {metrics}")
+    return 0
+
+
+def _bench_serve(args: argparse.Namespace) -> int:
+    from .serving import bench_serve
+
+    result = bench_serve(requests=args.requests, concurrency=args.concurrency)
+    print("load test of `bigmodel-course serve` on 127.0.0.1 with tiny randomly initialised (untrained) models "
+          "(a 1-layer GPT text classifier and a 1-layer ViT), batches of 4 texts / 4 digit images, "
+          "half text and half image requests:")
+    print(result.format())
+    return 0 if result.errors == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the command line."""
     parser = argparse.ArgumentParser(prog="bigmodel-course", description="Companion tools of the book 大模型应用开发")
@@ -96,6 +160,32 @@ def build_parser() -> argparse.ArgumentParser:
     gpt.add_argument("--batch", type=int, default=16)
     _add_timing_args(gpt)
     gpt.set_defaults(func=_bench_gpt)
+    srv = which.add_parser("serve", help="load test of the model service with tiny random models")
+    srv.add_argument("--requests", type=_positive_int, default=2000)
+    srv.add_argument("--concurrency", type=_positive_int, default=16)
+    srv.set_defaults(func=_bench_serve)
+    serve = commands.add_parser("serve", help="serve the registry's promoted models over HTTP (FastAPI + uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=_port, default=8000, help="TCP port (0: any free port)")
+    serve.add_argument("--registry", default=None, help="registry folder (default: $BIGMODEL_REGISTRY or the cache)")
+    serve.add_argument("--max-batch", type=_positive_int, default=64, help="most texts or images per request")
+    serve.add_argument("--max-text-chars", type=_positive_int, default=512, help="longest text in characters")
+    serve.add_argument("--max-body-bytes", type=_positive_int, default=1_000_000, help="largest request body")
+    serve.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info")
+    serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    serve.add_argument("--port-file", default=None, help=argparse.SUPPRESS)  # background_server reads the port here
+    serve.set_defaults(func=_serve)
+    registry = commands.add_parser("registry", help="list, promote or roll back the models of the registry")
+    actions = registry.add_subparsers(dest="action", required=True)
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--registry", default=None, help="registry folder (default: $BIGMODEL_REGISTRY or the cache)")
+    actions.add_parser("list", parents=[where], help="every version of every model (* = promoted)")
+    promote = actions.add_parser("promote", parents=[where], help="make VERSION the version the service loads")
+    promote.add_argument("name")
+    promote.add_argument("version")
+    rollback = actions.add_parser("rollback", parents=[where], help="promote the previously promoted version again")
+    rollback.add_argument("name")
+    registry.set_defaults(func=_registry)
     return parser
 
 

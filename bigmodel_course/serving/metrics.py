@@ -1,0 +1,33 @@
+"""Prometheus metrics of one service instance, in its own CollectorRegistry (so tests can create many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ServiceMetrics:
+    """Requests by route/method/status, latency by route, items classified and model load time by model/version."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("bigmodel_http_requests", "HTTP requests by route, method and status code",
+                                ["route", "method", "status"], registry=self.registry)
+        self.latency = Histogram("bigmodel_http_request_duration_seconds", "Time to answer a request, by route",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.items = Counter("bigmodel_items_classified", "Inputs classified, by model and version",
+                             ["model", "version"], registry=self.registry)
+        self.load_seconds = Gauge("bigmodel_model_load_seconds", "Seconds to verify and load a model version",
+                                  ["model", "version"], registry=self.registry)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and record its latency."""
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

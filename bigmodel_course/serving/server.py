@@ -1,0 +1,144 @@
+"""Running the service: `serve` (uvicorn in this process, blocking) and `background_server` (a separate
+`bigmodel-course serve` process for notebooks, tests and load tests, stopped cleanly on exit)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .registry import ModelRegistry
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port); port 0 lets the OS pick a free port."""
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an int in 0..65535, got {port!r}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if os.name != "nt":  # on Windows SO_REUSEADDR would allow two servers on one port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+def base_url(host: str, port: int) -> str:
+    """http://host:port (IPv6 hosts in brackets)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def serve(
+    registry: ModelRegistry | str | os.PathLike | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    log_level: str = "info",
+    access_log: bool = True,
+    port_file: str | os.PathLike | None = None,
+    **limits: int,
+) -> None:
+    """Serve `create_app(registry, **limits)` with uvicorn on host:port until interrupted (Ctrl+C / SIGTERM)."""
+    import uvicorn
+
+    from .app import create_app
+
+    app = create_app(registry, **limits)
+    sock = _bind(host, port)
+    bound = sock.getsockname()[1]
+    print(f"serving the models of {app.state.registry.root} on {base_url(host, bound)} (Ctrl+C stops)", flush=True)
+    if port_file is not None:  # tell a parent process which port the OS picked
+        path = Path(port_file)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(str(bound), encoding="utf-8")
+        os.replace(tmp, path)
+    config = uvicorn.Config(app, host=host, port=bound, log_level=log_level, access_log=access_log,
+                            timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a log file."""
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _wait_ready(proc: subprocess.Popen, port_file: Path, log: Path, host: str, timeout: float) -> str:
+    """Poll until the server wrote its port and answers GET /healthz with 200; return its base URL."""
+    deadline = time.monotonic() + timeout
+    url = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the model server exited with code {proc.returncode} before it was ready:\n{_tail(log)}")
+        if url is None and port_file.is_file():
+            url = base_url(host, int(port_file.read_text(encoding="utf-8")))
+        if url is not None:
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        return url
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+        time.sleep(0.05)
+    raise RuntimeError(f"the model server was not ready after {timeout:.0f} s:\n{_tail(log)}")
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Ask the server to shut down (SIGINT: uvicorn finishes open requests), kill it if it does not."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT if os.name != "nt" else signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def background_server(
+    registry: ModelRegistry | str | os.PathLike | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    timeout: float = 60.0,
+    log_level: str = "warning",
+    **limits: int,
+) -> Iterator[str]:
+    """Run `bigmodel-course serve` in a child process; yield its base URL once /healthz answers; stop it on exit.
+
+    A separate process (not a thread) keeps the server's work off the caller's interpreter lock, so a
+    load test measures the server and not the client. port=0 lets the OS pick a free port. The
+    server's log is kept in a temporary file and quoted if the server fails to start.
+    """
+    root = registry.root if isinstance(registry, ModelRegistry) else ModelRegistry(registry).root
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an int in 0..65535, got {port!r}")
+    with tempfile.TemporaryDirectory(prefix="bigmodel-serve-") as tmp:
+        port_file, log = Path(tmp) / "port", Path(tmp) / "server.log"
+        command = [sys.executable, "-m", "bigmodel_course.cli", "serve", "--host", host, "--port", str(port),
+                   "--registry", str(root), "--port-file", str(port_file), "--log-level", log_level,
+                   "--no-access-log"]
+        for key, value in limits.items():
+            command += [f"--{key.replace('_', '-')}", str(int(value))]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        try:
+            yield _wait_ready(proc, port_file, log, host, timeout)
+        finally:
+            _stop(proc)
