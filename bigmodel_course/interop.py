@@ -11,6 +11,7 @@ from .transformer import (
     EncoderForMaskedLM,
     EncoderForPreTraining,
     GPTConfig,
+    GPTForSequenceClassification,
     TransformerConfig,
     TransformerEncoder,
 )
@@ -114,6 +115,40 @@ def gpt_to_hf(model: GPT):
     _load_exact(hf, state, "GPT to GPT2LMHeadModel")
     hf.eval()
     return hf
+
+
+def gpt_classifier_to_hf(model: GPTForSequenceClassification):
+    """A `transformers.GPT2ForSequenceClassification` with the weights of our GPT classifier.
+
+    GPT-2 reads each sequence at its last token that is not `pad_token_id`; with right padding and no pad
+    token inside the text that is the same position our classifier reads from the attention mask.
+    """
+    from transformers import GPT2ForSequenceClassification
+
+    cfg = gpt_config_to_hf(model.cfg)
+    cfg.num_labels, cfg.pad_token_id = model.cfg.num_labels, model.cfg.pad_token_id
+    hf = GPT2ForSequenceClassification(cfg)
+    src = model.state_dict()
+    state = {h: (src[o].t() if t else src[o]).contiguous().clone() for o, h, t in _gpt_pairs(model.cfg.n_layers)}
+    state["score.weight"] = src["score.weight"].clone()
+    _load_exact(hf, state, "GPT classifier to GPT2ForSequenceClassification")
+    hf.eval()
+    return hf
+
+
+def gpt_classifier_from_hf(hf_model) -> GPTForSequenceClassification:
+    """Our GPT classifier with the weights of a `transformers.GPT2ForSequenceClassification`."""
+    if hf_model.config.pad_token_id is None:
+        raise ValueError("the GPT2ForSequenceClassification has no pad_token_id, so its read-out position is undefined")
+    base = gpt_config_from_hf(hf_model.config)
+    cfg = GPTConfig.from_dict({**base.to_dict(), "num_labels": hf_model.config.num_labels,
+                               "pad_token_id": hf_model.config.pad_token_id})
+    model = GPTForSequenceClassification(cfg)
+    src = hf_model.state_dict()
+    state = {o: (src[h].t() if t else src[h]).clone() for o, h, t in _gpt_pairs(cfg.n_layers)}
+    state["score.weight"] = src["score.weight"].clone()
+    _load_exact(model, state, "GPT2ForSequenceClassification")
+    return model
 
 
 # ---------------------------------------------------------------- BERT

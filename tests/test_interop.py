@@ -7,11 +7,19 @@ from transformers import BertConfig, BertForMaskedLM, BertModel, GPT2Config, GPT
 from bigmodel_course.interop import (
     encoder_from_hf,
     encoder_to_hf,
+    gpt_classifier_from_hf,
+    gpt_classifier_to_hf,
     gpt_config_from_hf,
     gpt_from_hf,
     gpt_to_hf,
 )
-from bigmodel_course.transformer import GPT, EncoderForMaskedLM, TransformerEncoder
+from bigmodel_course.transformer import (
+    GPT,
+    EncoderForMaskedLM,
+    GPTConfig,
+    GPTForSequenceClassification,
+    TransformerEncoder,
+)
 
 
 @pytest.fixture
@@ -51,6 +59,25 @@ def test_gpt_round_trip_back_to_hf(hf_gpt2):
     with torch.no_grad():
         torch.testing.assert_close(back(ids).logits, hf_gpt2(ids).logits, atol=1e-5, rtol=0)
     assert back.lm_head.weight.data_ptr() == back.transformer.wte.weight.data_ptr()
+
+
+def test_gpt_classifier_matches_hf_gpt2_for_sequence_classification():
+    torch.manual_seed(0)
+    ours = GPTForSequenceClassification(GPTConfig(vocab_size=97, max_len=24, d_model=32, n_heads=4, n_layers=2,
+                                                  num_labels=3, pad_token_id=0)).eval()
+    ids = torch.randint(1, 97, (3, 11))  # no pad id inside the texts
+    mask = torch.ones(3, 11, dtype=torch.long)
+    mask[1, 7:], mask[2, 4:] = 0, 0
+    ids = ids.masked_fill(mask == 0, 0)  # right padding with the pad id
+    hf = gpt_classifier_to_hf(ours)
+    with torch.no_grad():
+        expected = ours(ids, mask).logits
+        torch.testing.assert_close(hf(input_ids=ids, attention_mask=mask).logits, expected, atol=1e-5, rtol=0)
+        back = gpt_classifier_from_hf(hf).eval()
+        torch.testing.assert_close(back(ids, mask).logits, expected, atol=1e-5, rtol=0)
+    hf.config.pad_token_id = None
+    with pytest.raises(ValueError, match="pad_token_id"):
+        gpt_classifier_from_hf(hf)
 
 
 def test_kv_cache_matches_hf_incremental_decoding(hf_gpt2):
