@@ -93,8 +93,8 @@ def _serve(args: argparse.Namespace) -> int:
     from .serving import serve
 
     serve(args.registry, args.host, args.port, log_level=args.log_level, access_log=not args.no_access_log,
-          port_file=args.port_file, max_batch=args.max_batch, max_text_chars=args.max_text_chars,
-          max_body_bytes=args.max_body_bytes)
+          port_file=args.port_file, threads=args.threads, max_batch=args.max_batch,
+          max_text_chars=args.max_text_chars, max_body_bytes=args.max_body_bytes)
     return 0
 
 
@@ -173,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=_positive_int, default=1_000_000, help="largest request body")
     serve.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info")
     serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    serve.add_argument("--threads", type=_positive_int, default=1, help="torch threads per forward pass (default 1)")
     serve.add_argument("--port-file", default=None, help=argparse.SUPPRESS)  # background_server reads the port here
     serve.set_defaults(func=_serve)
     registry = commands.add_parser("registry", help="list, promote or roll back the models of the registry")

@@ -57,8 +57,8 @@ def check_architecture(architecture: str, task: str | None = None) -> str:
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
         if ARCHITECTURE_TASKS[architecture] != task:
-            raise ValueError(f"architecture {architecture!r} is a {ARCHITECTURE_TASKS[architecture]} model, "
-                             f"not a {task} model")
+            kind = ARCHITECTURE_TASKS[architecture]
+            raise ValueError(f"architecture {architecture!r} makes {kind} models, not {task} models")
     return architecture
 
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,7 +20,6 @@ class LoadedModel:
     path: Path
     tokenizer: object | None = None
     load_seconds: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def device(self) -> torch.device:
@@ -36,7 +34,7 @@ class LoadedModel:
             kwargs = {k: v.to(self.device) for k, v in batch.items()}
         else:
             kwargs = {"pixel_values": pixel_values(inputs, card.preprocessing).to(self.device)}
-        with self._lock, torch.inference_mode():  # one forward at a time: no thread oversubscription
+        with torch.inference_mode():  # no module state changes: concurrent calls from server threads are safe
             return self.model(**kwargs).logits.float().cpu()
 
     def predict(self, inputs) -> list[dict]:

@@ -60,7 +60,7 @@ def _one_image(image, name: str, image_size: int) -> np.ndarray:
     try:
         array = np.asarray(image.detach().cpu() if isinstance(image, Tensor) else image, dtype=np.float64)
     except (ValueError, TypeError):
-        raise InputError(f"{name} is not a {image_size}×{image_size} grid of numbers") from None
+        raise InputError(f"{name} is not an {image_size}×{image_size} grid of numbers") from None
     if array.shape != (image_size, image_size):
         raise InputError(f"{name} has size {_size(array.shape) or 'scalar'}; expected {image_size}×{image_size}")
     return array

@@ -1,0 +1,83 @@
+"""A real uvicorn process on 127.0.0.1 (background_server) driven by httpx, and the bounded load test."""
+
+import socket
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sklearn.datasets import load_digits
+
+from bigmodel_course.serving import ModelRegistry, background_server, encode_png, publish_tiny_models, run_load_test
+from bigmodel_course.serving.loadtest import TINY_TEXTS, tiny_payloads
+
+DIGITS = load_digits().images[:3]
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory):
+    registry = ModelRegistry(tmp_path_factory.mktemp("registry"))
+    publish_tiny_models(registry)
+    return registry
+
+
+@pytest.fixture(scope="module")
+def server(reg):
+    with background_server(reg) as url:
+        yield url
+
+
+def test_the_server_listens_on_localhost_and_answers_healthz(server):
+    assert server.startswith("http://127.0.0.1:")
+    response = httpx.get(f"{server}/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok", "loaded": []}
+
+
+def test_classify_text_and_images_over_http(server, reg):
+    text = httpx.post(f"{server}/v1/text/classify", json={"model": "tiny-text", "texts": list(TINY_TEXTS[:2])}, timeout=30)
+    assert text.status_code == 200 and text.json()["predictions"] == reg.load("tiny-text").predict(list(TINY_TEXTS[:2]))
+    image = httpx.post(f"{server}/v1/image/classify", json={"model": "tiny-digits", "images": DIGITS.tolist()}, timeout=30)
+    assert image.status_code == 200 and image.json()["predictions"] == reg.load("tiny-digits").predict(DIGITS)
+    files = [("files", (f"{i}.png", encode_png(d), "image/png")) for i, d in enumerate(DIGITS)]
+    upload = httpx.post(f"{server}/v1/image/classify", data={"model": "tiny-digits"}, files=files, timeout=30)
+    assert upload.status_code == 200 and len(upload.json()["predictions"]) == 3
+    bad = httpx.post(f"{server}/v1/text/classify", json={"model": "tiny-text", "texts": [""]})
+    assert bad.status_code == 422 and bad.json() == {"detail": "texts[0] is empty"}
+    big = httpx.post(f"{server}/v1/image/classify", content=b"{" + b" " * 1_000_000 + b"}",
+                     headers={"content-type": "application/json"})
+    assert big.status_code == 413 and "Content-Length is 1000002 bytes" in big.json()["detail"]
+
+
+def test_metrics_show_the_counts(server):
+    text = httpx.get(f"{server}/metrics").text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    ok = lambda route: samples[("bigmodel_http_requests_total", (("method", "POST"), ("route", route), ("status", "200")))]
+    assert ok("/v1/text/classify") == 1 and ok("/v1/image/classify") == 2
+    assert samples[("bigmodel_items_classified_total", (("model", "tiny-digits"), ("version", "v1")))] == 6
+    assert samples[("bigmodel_items_classified_total", (("model", "tiny-text"), ("version", "v1")))] == 2
+    assert samples[("bigmodel_model_load_seconds", (("model", "tiny-text"), ("version", "v1")))] > 0
+
+
+def test_load_test_2000_requests_16_concurrent_without_errors(server, capsys):
+    result = run_load_test(server, tiny_payloads(), requests=2000, concurrency=16)
+    with capsys.disabled():  # shown in every pytest run, not only with -s
+        print(f"\nload test (tiny random models, real uvicorn process): {result.format()}")
+    assert result.errors == 0, result.error_examples
+    assert len(result.latencies_ms) == 2000 and result.statuses == {"200": 2000}
+    assert 0 < result.p50_ms <= result.p99_ms and result.requests_per_second > 0
+    counts = httpx.get(f"{server}/metrics").text
+    assert 'bigmodel_http_requests_total{method="POST",route="/v1/text/classify",status="200"} 1001.0' in counts
+
+
+def test_background_server_reports_a_server_that_cannot_start(reg):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"exited with code 2 before it was ready:(.|\n)*cannot listen on 127.0.0.1:{port}"):
+            with background_server(reg, port=port):
+                pass  # pragma: no cover
+    with pytest.raises(ValueError, match="port must be an int"):
+        with background_server(reg, port=70000):
+            pass  # pragma: no cover
