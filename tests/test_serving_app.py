@@ -262,6 +262,15 @@ def test_a_tampered_model_is_refused_without_leaking_paths(tmp_path):
     assert response.json()["detail"] == "model 'digits' cannot be loaded; the details are in the server log"
 
 
+def test_an_unreadable_registry_gives_503_on_models(tmp_path):
+    reg = ModelRegistry(tmp_path / "registry")
+    publish_models(reg, tmp_path)
+    (reg.root / "digits" / "v1" / "card.json").write_text("{not json")
+    response = RecordingClient(create_app(reg)).get("/v1/models")
+    assert response.status_code == 503 and str(tmp_path) not in response.text
+    assert response.json()["detail"] == "the model registry cannot be read; the details are in the server log"
+
+
 def test_promote_and_rollback_change_the_served_version_without_restart(tmp_path):
     reg = ModelRegistry(tmp_path / "registry")
     publish_models(reg, tmp_path, seed=0)
@@ -307,3 +316,11 @@ def test_create_app_checks_its_limits(reg):
         with pytest.raises(ValueError, match=f"{key} must be a positive int"):
             create_app(reg, **{key: 0})
     assert create_app(reg.root).state.registry.root == reg.root  # a folder works as well as a registry
+
+
+def test_openapi_documents_every_route_and_both_image_bodies(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/text/classify", "/v1/image/classify", "/v1/models", "/healthz", "/metrics"} <= set(spec["paths"])
+    image_body = spec["paths"]["/v1/image/classify"]["post"]["requestBody"]["content"]
+    assert set(image_body) == {"application/json", "multipart/form-data"}
+    assert "422" in spec["paths"]["/v1/text/classify"]["post"]["responses"]

@@ -57,6 +57,7 @@ def test_serve_help_and_bad_arguments(capsys):
         (["serve", "--port", "http"], "expected a port number, got 'http'"),
         (["serve", "--max-batch", "0"], "expected a positive integer, got 0"),
         (["serve", "--log-level", "loud"], "invalid choice: 'loud'"),
+        (["serve", "--threads", "0"], "expected a positive integer, got 0"),
         (["bench", "serve", "--requests", "0"], "expected a positive integer, got 0"),
         (["bench", "serve", "--concurrency", "many"], "expected a positive integer, got 'many'"),
     ]:

@@ -8,7 +8,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 
-from bigmodel_course.serving import ModelRegistry, background_server, encode_png, publish_tiny_models, run_load_test
+from bigmodel_course.serving import (
+    ModelRegistry,
+    background_server,
+    encode_png,
+    publish_tiny_models,
+    run_load_test,
+    serve,
+)
 from bigmodel_course.serving.loadtest import TINY_TEXTS, tiny_payloads
 
 DIGITS = load_digits().images[:3]
@@ -81,3 +88,10 @@ def test_background_server_reports_a_server_that_cannot_start(reg):
     with pytest.raises(ValueError, match="port must be an int"):
         with background_server(reg, port=70000):
             pass  # pragma: no cover
+
+
+def test_serve_checks_its_arguments_before_listening(tmp_path):
+    with pytest.raises(ValueError, match="threads must be a positive int"):
+        serve(tmp_path, threads=0)
+    with pytest.raises(ValueError, match="port must be an int in 0..65535"):
+        serve(tmp_path, port=-1)

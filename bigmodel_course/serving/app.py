@@ -223,7 +223,11 @@ def create_app(
     @app.get("/v1/models", response_model=ModelsResponse, responses=_ERRORS)
     def list_models() -> dict:
         """Every version of every registered model: name, version, sha256 of the weights, metrics, created, promoted."""
-        return {"models": [card.summary() for card in registry.list()]}
+        try:
+            return {"models": [card.summary() for card in registry.list()]}
+        except RegistryError as e:
+            logger.error("cannot list the registry: %s", e)  # paths stay in the server log
+            raise HTTPException(503, "the model registry cannot be read; the details are in the server log") from None
 
     @app.get("/healthz", response_model=Health)
     def healthz() -> dict:
