@@ -318,3 +318,47 @@ def test_architectures_build_models_that_return_logits(tmp_path):
     with pytest.raises(ValueError, match="'encoder_classifier' makes text models, not image models"):
         check_architecture("encoder_classifier", "image")
     assert check_architecture("resnet18_small", "image") == "resnet18_small"
+
+
+def test_storage_helpers(tmp_path):
+    import hashlib
+    import os
+    import time
+
+    from bigmodel_course.serving.storage import LockTimeout, file_entry, fsync_path, locked, write_json_atomic
+
+    data = os.urandom(3 << 20)  # more than one 1 MiB chunk
+    (tmp_path / "blob").write_bytes(data)
+    assert file_sha256(tmp_path / "blob") == hashlib.sha256(data).hexdigest()
+    assert file_entry(tmp_path / "blob") == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    write_json_atomic(tmp_path / "x.json", {"名字": [1, 2]})
+    write_json_atomic(tmp_path / "x.json", {"version": "v2"})
+    assert json.loads((tmp_path / "x.json").read_text(encoding="utf-8")) == {"version": "v2"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob", "x.json"]  # no temporary files left
+    with pytest.raises(TypeError):
+        write_json_atomic(tmp_path / "y.json", {"bad": object()})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob", "x.json"]
+    fsync_path(tmp_path / "blob")
+    fsync_path(tmp_path)
+    with locked(tmp_path):
+        assert (tmp_path / ".lock").is_file()
+        with pytest.raises(LockTimeout, match="locked by another process"):
+            with locked(tmp_path, timeout=0.05):
+                pass  # pragma: no cover
+    assert not (tmp_path / ".lock").exists()
+    (tmp_path / ".lock").write_text("12345")  # left behind by a crashed process
+    old = time.time() - 1000
+    os.utime(tmp_path / ".lock", (old, old))
+    with locked(tmp_path, timeout=0.05, stale=100):
+        pass
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_name_and_version_predicates():
+    from bigmodel_course.serving.checks import is_name, is_version, version_number
+
+    assert is_name("digits") and not is_name("Digits") and not is_name(None)
+    assert is_version("v10") and not is_version("v0") and not is_version(2)
+    assert version_number("v12") == 12
+    with pytest.raises(RegistryError, match="invalid version 'x'"):
+        version_number("x")

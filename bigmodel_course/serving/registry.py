@@ -14,13 +14,9 @@ version completely or not at all; version numbers and the promoted pointer chang
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
-import re
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,106 +29,29 @@ import torch
 from torch import nn
 
 from .architectures import ARCHITECTURE_TASKS, TASKS, build_model, check_architecture
+from .checks import (
+    ModelNotFoundError,
+    RegistryError,
+    check_files,
+    check_json,
+    check_labels,
+    check_metrics,
+    check_model,
+    check_name,
+    check_preprocessing,
+    check_version,
+    is_name,
+    is_version,
+    version_number,
+)
+from .storage import LockTimeout, file_entry, file_sha256, fsync_path, locked, write_json_atomic
+
+__all__ = ["ModelCard", "ModelNotFoundError", "ModelRegistry", "RegistryError", "check_name", "check_version",
+           "file_sha256"]
 
 CARD_FORMAT, CARD_FORMAT_VERSION = "bigmodel_course.ModelCard", 1
 WEIGHTS_FILE, CARD_FILE, POINTER_FILE, TOKENIZER_FILE = "model.safetensors", "card.json", "promoted.json", "tokenizer.json"
 RESERVED_FILES = (WEIGHTS_FILE, CARD_FILE)
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_VERSION = re.compile(r"^v([1-9][0-9]{0,8})$")
-_LOCK_TIMEOUT_S, _LOCK_STALE_S = 30.0, 120.0
-
-
-class RegistryError(ValueError):
-    """A registry operation failed: bad name or version, unknown model, corrupt or tampered files."""
-
-
-class ModelNotFoundError(RegistryError):
-    """The model name, the version or a promoted version does not exist."""
-
-
-def check_name(name: str) -> str:
-    """Return `name` if it is a valid model name (lower-case letters, digits, '-', '_'; ≤ 64), else RegistryError."""
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise RegistryError(f"invalid model name {name!r}: use 1-64 lower-case letters, digits, '-' or '_', "
-                            "starting with a letter or digit")
-    return name
-
-
-def check_version(version: str) -> str:
-    """Return `version` if it looks like 'v1', 'v2', …, else RegistryError."""
-    if not isinstance(version, str) or not _VERSION.match(version):
-        raise RegistryError(f"invalid version {version!r}: versions are 'v1', 'v2', …")
-    return version
-
-
-def _version_number(version: str) -> int:
-    """2 for 'v2'."""
-    return int(_VERSION.match(version).group(1))
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file or a directory to disk (directories are skipped where the OS cannot open them)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON through a temporary file in the same folder, fsync, os.replace."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """Hold `folder/.lock` (created with O_EXCL) while changing versions or the promoted pointer."""
-    lock = folder / ".lock"
-    deadline = time.monotonic() + _LOCK_TIMEOUT_S
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            try:
-                if time.time() - lock.stat().st_mtime > _LOCK_STALE_S:  # left behind by a crashed process
-                    lock.unlink(missing_ok=True)
-                    continue
-            except FileNotFoundError:
-                continue
-            if time.monotonic() > deadline:
-                raise RegistryError(f"registry folder {folder} is locked by another process ({lock})") from None
-            time.sleep(0.01)
-    try:
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
 
 
 @dataclass
@@ -179,129 +98,14 @@ class ModelCard:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def _check_labels(labels: Sequence[str]) -> list[str]:
-    """Class names: a non-empty list of distinct non-empty strings."""
-    if isinstance(labels, str) or not isinstance(labels, Sequence) or len(labels) == 0:
-        raise RegistryError("labels must be a non-empty list of class names")
-    for i, label in enumerate(labels):
-        if not isinstance(label, str) or not label:
-            raise RegistryError(f"labels[{i}] must be a non-empty string, got {label!r}")
-    if len(set(labels)) != len(labels):
-        raise RegistryError(f"labels must be distinct, got {list(labels)}")
-    return list(labels)
-
-
-def _check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
-    """Metrics: a dict of names to finite floats."""
-    if not isinstance(metrics, Mapping):
-        raise RegistryError(f"metrics must be a dict of floats, got {type(metrics).__name__}")
-    out = {}
-    for key, value in metrics.items():
-        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RegistryError(f"metrics[{key!r}] must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise RegistryError(f"metrics[{key!r}] must be finite, got {value}")
-        out[key] = float(value)
-    return out
-
-
-def _check_number(prep: dict, key: str, positive: bool = False) -> float:
-    """A finite number from the preprocessing dict."""
-    value = prep.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise RegistryError(f"preprocessing[{key!r}] must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise RegistryError(f"preprocessing[{key!r}] must be positive, got {value}")
-    return float(value)
-
-
-def _check_preprocessing(task: str, prep: dict, config: dict) -> dict:
-    """Text: {"max_len"}; image: {"image_size": 8, "max_value", "mean", "std"}."""
-    if not isinstance(prep, Mapping):
-        raise RegistryError(f"preprocessing must be a dict, got {type(prep).__name__}")
-    prep = dict(prep)
-    if task == "text":
-        max_len = prep.get("max_len")
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 3:
-            raise RegistryError(f"preprocessing['max_len'] must be an int >= 3, got {max_len!r}")
-        if max_len > config.get("max_len", 512):
-            raise RegistryError(f"preprocessing['max_len']={max_len} exceeds the model's max_len={config.get('max_len', 512)}")
-        return prep
-    if prep.get("image_size") != 8:
-        raise RegistryError(f"preprocessing['image_size'] must be 8 (8×8 digits), got {prep.get('image_size')!r}")
-    _check_number(prep, "max_value", positive=True)
-    _check_number(prep, "mean")
-    _check_number(prep, "std", positive=True)
-    return prep
-
-
-def _check_files(files) -> dict[str, Path]:
-    """Extra files as {name in the version folder: source path}; a list of paths keeps their names."""
-    if files is None:
-        return {}
-    if not isinstance(files, Mapping):
-        if isinstance(files, (str, os.PathLike)) or not isinstance(files, Sequence):
-            raise RegistryError("files must be a dict {name: path} or a list of paths")
-        files = {Path(p).name: p for p in files}
-    out = {}
-    for name, source in files.items():
-        if not isinstance(name, str) or not name or name.startswith(".") or Path(name).name != name:
-            raise RegistryError(f"file name {name!r} must be a plain file name (no folders, not hidden)")
-        if name in RESERVED_FILES:
-            raise RegistryError(f"file name {name!r} is reserved by the registry")
-        path = Path(source)
-        if not path.is_file():
-            raise RegistryError(f"file {name!r} not found: {path}")
-        out[name] = path
-    return out
-
-
-def _check_json(value, what: str) -> None:
-    """Raise RegistryError unless `value` is JSON-serialisable (finite numbers only)."""
+@contextmanager
+def _registry_lock(folder: Path) -> Iterator[None]:
+    """The folder's lock file; RegistryError when another process holds it too long."""
     try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise RegistryError(f"{what} must be JSON-serialisable: {e}") from None
-
-
-def _dummy_logits(model: nn.Module, task: str) -> torch.Tensor:
-    """Logits of a 1-item dummy batch (a [CLS] [SEP] text or a blank 8×8 image)."""
-    model.eval()
-    with torch.no_grad():
-        if task == "text":
-            ids = torch.tensor([[2, 3]])
-            return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-        return model(pixel_values=torch.zeros(1, 1, 8, 8)).logits
-
-
-def _check_model(model: nn.Module, architecture: str, config: dict, task: str, n_labels: int) -> int:
-    """Check that `model` is what `architecture` builds from `config` (same tensors and shapes); return its parameter count."""
-    from ..utils import count_parameters
-
-    if not isinstance(model, nn.Module):
-        raise RegistryError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    try:
-        reference = build_model(architecture, config)
-    except ValueError as e:
-        raise RegistryError(f"config cannot build architecture {architecture!r}: {e}") from None
-    ours, theirs = model.state_dict(), reference.state_dict()
-    missing, unexpected = sorted(set(theirs) - set(ours)), sorted(set(ours) - set(theirs))
-    if missing or unexpected:
-        raise RegistryError(f"model does not match architecture {architecture!r} with this config: "
-                            f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for key, tensor in theirs.items():
-        if tuple(ours[key].shape) != tuple(tensor.shape):
-            raise RegistryError(f"model does not match architecture {architecture!r} with this config: "
-                                f"{key} has shape {tuple(ours[key].shape)}, config gives {tuple(tensor.shape)}")
-    classes = _dummy_logits(reference, task).shape[-1]
-    if classes != n_labels:
-        raise RegistryError(f"labels has {n_labels} names but the model predicts {classes} classes")
-    return count_parameters(model)
-
-
-def _file_entry(path: Path) -> dict:
-    """{"bytes", "sha256"} of one file."""
-    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+        with locked(folder):
+            yield
+    except LockTimeout as e:
+        raise RegistryError(f"registry folder {e}") from None
 
 
 def _software() -> dict[str, str]:
@@ -334,7 +138,7 @@ class ModelRegistry:
 
     def names(self) -> list[str]:
         """Names of the registered models, sorted."""
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_name(p.name))
 
     def _model_dir(self, name: str) -> Path:
         """Folder of a registered model, or ModelNotFoundError naming it."""
@@ -346,8 +150,8 @@ class ModelRegistry:
 
     def _version_names(self, folder: Path) -> list[str]:
         """'v1', 'v2', … present in a model folder, in numeric order."""
-        found = [p.name for p in folder.iterdir() if p.is_dir() and _VERSION.match(p.name)]
-        return sorted(found, key=_version_number)
+        found = [p.name for p in folder.iterdir() if p.is_dir() and is_version(p.name)]
+        return sorted(found, key=version_number)
 
     def _pointer(self, folder: Path) -> dict:
         """The promoted pointer {"version", "history"} ({} when nothing was promoted)."""
@@ -412,18 +216,18 @@ class ModelRegistry:
         """Make `version` the one the service loads; the previous one is kept for rollback."""
         card = self.card(name, version)
         folder = self.root / name
-        with _locked(folder):
+        with _registry_lock(folder):
             history = self._pointer(folder).get("history", [])
             if not history or history[-1] != version:
                 history = [*history, version]
-            _write_json_atomic(folder / POINTER_FILE, {"version": version, "history": history})
+            write_json_atomic(folder / POINTER_FILE, {"version": version, "history": history})
         card.promoted = True
         return card
 
     def rollback(self, name: str) -> ModelCard:
         """Promote again the version that was promoted before the current one."""
         folder = self._model_dir(name)
-        with _locked(folder):
+        with _registry_lock(folder):
             history = self._pointer(folder).get("history", [])
             if len(history) < 2:
                 current = f" (promoted: {history[-1]})" if history else ""
@@ -431,7 +235,7 @@ class ModelRegistry:
             history = history[:-1]
             if not (folder / history[-1]).is_dir():
                 raise RegistryError(f"cannot roll back {name!r}: version {history[-1]} no longer exists")
-            _write_json_atomic(folder / POINTER_FILE, {"version": history[-1], "history": history})
+            write_json_atomic(folder / POINTER_FILE, {"version": history[-1], "history": history})
         return self.card(name, history[-1])
 
     # ------------------------------------------------------------ writing
@@ -461,17 +265,17 @@ class ModelRegistry:
         if not isinstance(config, Mapping):
             raise RegistryError(f"config must be a dict, got {type(config).__name__}")
         config = dict(config)
-        _check_json(config, "config")
-        labels = _check_labels(labels)
-        metrics = _check_metrics(metrics)
-        prep = _check_preprocessing(task, preprocessing, config)
-        _check_json(prep, "preprocessing")
+        check_json(config, "config")
+        labels = check_labels(labels)
+        metrics = check_metrics(metrics)
+        prep = check_preprocessing(task, preprocessing, config)
+        check_json(prep, "preprocessing")
         if not isinstance(description, str):
             raise RegistryError(f"description must be a string, got {type(description).__name__}")
-        extra = _check_files(files)
+        extra = check_files(files, RESERVED_FILES)
         if task == "text":
             self._check_tokenizer(extra, config)
-        n_params = _check_model(model, architecture, config, task, len(labels))
+        n_params = check_model(model, architecture, config, task, len(labels))
 
         folder = self.root / name
         folder.mkdir(exist_ok=True)
@@ -483,10 +287,10 @@ class ModelRegistry:
             safetensors.torch.save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
             for file_name, source in extra.items():
                 shutil.copyfile(source, tmp / file_name)
-            entries = {f: _file_entry(tmp / f) for f in [WEIGHTS_FILE, *extra]}
-            with _locked(folder):
+            entries = {f: file_entry(tmp / f) for f in [WEIGHTS_FILE, *extra]}
+            with _registry_lock(folder):
                 existing = self._version_names(folder)
-                version = f"v{_version_number(existing[-1]) + 1}" if existing else "v1"
+                version = f"v{version_number(existing[-1]) + 1}" if existing else "v1"
                 card = ModelCard(
                     name=name, version=version, task=task, architecture=architecture, config=config, labels=labels,
                     metrics=metrics, preprocessing=prep, sha256=entries[WEIGHTS_FILE]["sha256"],
@@ -496,12 +300,12 @@ class ModelRegistry:
                 )
                 stored = {"format": CARD_FORMAT, "format_version": CARD_FORMAT_VERSION, **card.to_dict()}
                 del stored["promoted"]
-                _write_json_atomic(tmp / CARD_FILE, stored)
+                write_json_atomic(tmp / CARD_FILE, stored)
                 for path in tmp.iterdir():
-                    _fsync(path)
-                _fsync(tmp)
+                    fsync_path(path)
+                fsync_path(tmp)
                 os.rename(tmp, folder / version)
-                _fsync(folder)
+                fsync_path(folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
