@@ -16,27 +16,44 @@ from .evaluation import accuracy
 from .pretrained import Pretrained, load_pretrained
 from .tokenization import CharTokenizer
 from .training import Trainer, TrainConfig
-from .transformer import EncoderConfig, EncoderForSequenceClassification
+from .transformer import EncoderConfig, EncoderForSequenceClassification, GPTConfig, GPTForSequenceClassification
 from .utils import get_profile, seed_everything
 
 
 @dataclass(frozen=True)
 class FinetuneSpec:
-    """Sizes of the label-efficiency experiment in one profile."""
+    """Sizes and hyper-parameters of one fine-tuning run."""
 
-    label_counts: tuple[int, ...]
     max_len: int
     batch_size: int
-    epochs: int  # passes over the labelled subset, clamped to [min_steps, max_steps] optimizer steps
+    epochs: int  # passes over the labelled data, clamped to [min_steps, max_steps] optimizer steps
     min_steps: int
     max_steps: int
     lr: float
+    eval_every: int  # optimizer steps between validation evaluations
+    patience: int  # evaluations without improvement before stopping early
+
+
+@dataclass(frozen=True)
+class LabelEfficiencySpec:
+    """The label-efficiency experiment in one profile: label counts, evaluation sizes, fine-tuning."""
+
+    label_counts: tuple[int, ...]
     n_test: int | None  # None: the whole fixed test split
+    n_val: int  # validation reviews for model selection (never the test split)
+    finetune: FinetuneSpec
 
 
-FINETUNE_SPECS = {
-    "ci": FinetuneSpec((40, 80), 64, 16, 2, 5, 10, 5e-4, 200),
-    "full": FinetuneSpec((250, 500, 1000, 2000), 128, 32, 10, 150, 500, 3e-4, None),
+LABEL_EFFICIENCY_SPECS = {
+    "ci": LabelEfficiencySpec((40, 80), 200, 100, FinetuneSpec(64, 16, 2, 5, 10, 5e-4, 5, 2)),
+    "full": LabelEfficiencySpec((250, 500, 1000, 2000), None, 600,
+                                FinetuneSpec(128, 32, 10, 150, 500, 3e-4, 25, 6)),
+}
+
+# Fine-tuning on the whole training split (Chapter 4's text-classification project).
+PROJECT_SPECS = {
+    "ci": FinetuneSpec(64, 16, 1, 5, 12, 5e-4, 6, 2),
+    "full": FinetuneSpec(128, 32, 3, 100, 1200, 2e-4, 100, 4),
 }
 
 
@@ -57,70 +74,100 @@ def tfidf_baseline(train_texts, train_labels, test_texts, test_labels) -> float:
     return float((clf.predict(vec.transform(test_texts)) == test_labels).mean())
 
 
-def classifier_from(pretrained: Pretrained | None, cfg: EncoderConfig) -> EncoderForSequenceClassification:
-    """A sentiment classifier whose encoder starts from the pre-trained BERT, or from random weights."""
-    model = EncoderForSequenceClassification(EncoderConfig.from_dict({**cfg.to_dict(), "num_labels": 2}))
-    if pretrained is not None:
-        model.encoder.load_state_dict(pretrained.model.encoder.state_dict())
+def classifier_from(pretrained: Pretrained | None, cfg: EncoderConfig | GPTConfig, num_labels: int = 2):
+    """A classifier of the architecture `cfg` describes (BERT-style encoder or GPT), whose body starts from the
+    pre-trained model's weights, or from random weights when `pretrained` is None; the head is always new."""
+    cfg = type(cfg).from_dict({**cfg.to_dict(), "num_labels": num_labels})
+    if isinstance(cfg, EncoderConfig):
+        model = EncoderForSequenceClassification(cfg)
+        if pretrained is not None:
+            model.encoder.load_state_dict(pretrained.model.encoder.state_dict())
+    elif isinstance(cfg, GPTConfig):
+        model = GPTForSequenceClassification(cfg)
+        if pretrained is not None:
+            model.transformer.load_state_dict(pretrained.model.transformer.state_dict())
+    else:
+        raise ValueError(f"cfg must be an EncoderConfig or a GPTConfig, got {type(cfg).__name__}")
     return model
 
 
 def predict(model: torch.nn.Module, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted and true labels over a loader of classification batches."""
+    """Logits (N, C) and true labels (N,) over a loader of classification batches (model left in eval mode)."""
     model.eval()
-    preds, trues = [], []
+    logits, trues = [], []
     device = next(model.parameters()).device
     with torch.no_grad():
         for batch in loader:
             labels = batch.pop("labels")
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            preds.append(logits.argmax(-1).cpu())
+            logits.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
             trues.append(labels)
-    return torch.cat(preds), torch.cat(trues)
+    return torch.cat(logits), torch.cat(trues)
+
+
+def text_loader(data: tuple[list, list], tokenizer, max_len: int, batch_size: int = 128,
+                shuffle: bool = False) -> DataLoader:
+    """A DataLoader of (texts, labels) tokenized and padded per batch like ClassificationDataset."""
+    ds = ClassificationDataset(*data, tokenizer, max_len)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=ds.collate)
 
 
 def finetune(model, tokenizer: CharTokenizer, train: tuple[list, list], test: tuple[list, list],
-             spec: FinetuneSpec, seed: int = 0, progress: bool = False) -> dict:
-    """Fine-tune `model` on the labelled texts and return test accuracy, steps, seconds and history."""
+             spec: FinetuneSpec, seed: int = 0, progress: bool = False, val: tuple[list, list] | None = None) -> dict:
+    """Fine-tune `model` on the labelled texts and return test accuracy, steps, seconds and history.
+
+    With `val`, validation accuracy is measured every `spec.eval_every` steps; training stops after
+    `spec.patience` evaluations without improvement and the best validation weights are restored.
+    """
     seed_everything(seed)
-    train_ds = ClassificationDataset(*train, tokenizer, spec.max_len)
-    test_ds = ClassificationDataset(*test, tokenizer, spec.max_len)
-    loader = DataLoader(train_ds, batch_size=spec.batch_size, shuffle=True, collate_fn=train_ds.collate)
-    test_loader = DataLoader(test_ds, batch_size=128, collate_fn=test_ds.collate)
+    loader = text_loader(train, tokenizer, spec.max_len, spec.batch_size, shuffle=True)
     steps = min(spec.max_steps, max(spec.min_steps, spec.epochs * len(loader)))
-    config = TrainConfig(lr=spec.lr, max_steps=steps, warmup_steps=steps // 10, seed=seed, progress=progress)
-    trainer = Trainer(model, config, loader)
+    selection = {}
+    if val is not None:
+        selection = dict(eval_every=spec.eval_every, early_stopping_patience=spec.patience,
+                         monitor="eval_accuracy", mode="max", restore_best=True)
+    config = TrainConfig(lr=spec.lr, max_steps=steps, warmup_steps=steps // 10, seed=seed, progress=progress,
+                         **selection)
+    trainer = Trainer(model, config, loader,
+                      eval_loader=None if val is None else text_loader(val, tokenizer, spec.max_len, 128),
+                      metrics_fn=None if val is None else lambda logits, labels: {
+                          "accuracy": accuracy(logits.argmax(-1), labels)})
     start = time.perf_counter()
     history = trainer.train()
     seconds = time.perf_counter() - start
-    pred, true = predict(trainer.model, test_loader)
-    return {"test_accuracy": accuracy(pred, true), "steps": steps, "seconds": seconds, "history": history}
+    logits, true = predict(trainer.model, text_loader(test, tokenizer, spec.max_len))
+    return {"test_accuracy": accuracy(logits.argmax(-1), true), "steps": trainer.step, "best_step": trainer.best_step,
+            "seconds": seconds, "history": history, "model": trainer.model, "test_logits": logits}
 
 
-def label_efficiency(profile: str | None = None, seed: int = 0, progress: bool = False) -> list[dict]:
-    """For each label count: test accuracy of the pre-trained and the randomly initialised encoder, and TF-IDF + LR.
+def label_efficiency(profile: str | None = None, kind: str = "bert", seed: int = 0, progress: bool = False) -> list[dict]:
+    """For each label count: test accuracy of the pre-trained and the randomly initialised `kind` ('bert' or 'gpt')
+    classifier, and of TF-IDF + LR.
 
-    Every model sees the same stratified subset of training reviews and the same fixed test split.
+    Every model sees the same stratified subset of training reviews, selects its best step on the same
+    validation reviews, and is scored on the same fixed test split.
     """
     profile = get_profile(profile).name
-    spec = FINETUNE_SPECS[profile]
-    pre = load_pretrained("bert", profile, progress=progress)
+    le = LABEL_EFFICIENCY_SPECS[profile]
+    spec = le.finetune
+    pre = load_pretrained(kind, profile, progress=progress)
     splits = review_splits(seed=0)
     test = (splits.test_texts, splits.test_labels)
-    if spec.n_test is not None:
-        test = labelled_subset(*test, spec.n_test, seed)
+    if le.n_test is not None:
+        test = labelled_subset(*test, le.n_test, seed)
+    val = labelled_subset(splits.val_texts, splits.val_labels, le.n_val, seed)
     cfg = pre.model.cfg
     if spec.max_len > cfg.max_len:
         raise ValueError(f"fine-tuning length {spec.max_len} exceeds the pre-trained context {cfg.max_len}")
     rows = []
-    for n in spec.label_counts:
+    for n in le.label_counts:
         train = labelled_subset(splits.train_texts, splits.train_labels, n, seed)
         row = {"labels": n, "tfidf_lr": tfidf_baseline(*train, *test)}
         for name, init in (("pretrained", pre), ("random", None)):
             seed_everything(seed)
-            result = finetune(classifier_from(init, cfg), pre.tokenizer, train, test, spec, seed, progress)
+            result = finetune(classifier_from(init, cfg), pre.tokenizer, train, test, spec, seed, progress, val=val)
             row[name] = result["test_accuracy"]
             row[f"{name}_seconds"] = round(result["seconds"], 1)
-            row["steps"] = result["steps"]
+            row[f"{name}_steps"] = result["steps"]
+            row[f"{name}_best_step"] = result["best_step"]
         rows.append(row)
     return rows

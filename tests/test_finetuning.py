@@ -2,13 +2,14 @@ import pytest
 import torch
 
 from bigmodel_course.finetuning import (
-    FINETUNE_SPECS,
+    LABEL_EFFICIENCY_SPECS,
     classifier_from,
     label_efficiency,
     labelled_subset,
     tfidf_baseline,
 )
-from bigmodel_course.pretrained import load_pretrained
+from bigmodel_course.pretrained import Pretrained, load_pretrained
+from bigmodel_course.transformer import GPT, GPTConfig, TransformerConfig
 
 
 def test_labelled_subset_is_stratified_and_reproducible():
@@ -36,6 +37,19 @@ def test_classifier_starts_from_the_pretrained_encoder(tmp_path, monkeypatch):
     assert not torch.equal(random.encoder.stack.embeddings.word.weight, pre.model.encoder.stack.embeddings.word.weight)
 
     rows = label_efficiency("ci")
-    assert [r["labels"] for r in rows] == list(FINETUNE_SPECS["ci"].label_counts)
+    assert [r["labels"] for r in rows] == list(LABEL_EFFICIENCY_SPECS["ci"].label_counts)
     for r in rows:
         assert 0.0 <= r["pretrained"] <= 1.0 and 0.0 <= r["random"] <= 1.0 and 0.0 <= r["tfidf_lr"] <= 1.0
+        assert 1 <= r["pretrained_best_step"] <= r["pretrained_steps"]
+
+
+def test_gpt_classifier_starts_from_the_pretrained_gpt(tmp_path):
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=30, max_len=16, d_model=16, n_heads=2, n_layers=1)
+    pre = Pretrained(GPT(cfg), None, [], {}, tmp_path)  # classifier_from only reads the weights
+    model = classifier_from(pre, pre.model.cfg, num_labels=3)
+    assert model.score.out_features == 3
+    for (name, a), b in zip(model.transformer.state_dict().items(), pre.model.transformer.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="EncoderConfig or a GPTConfig"):
+        classifier_from(None, TransformerConfig(vocab_size=10))
