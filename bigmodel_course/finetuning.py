@@ -53,7 +53,7 @@ LABEL_EFFICIENCY_SPECS = {
 # Fine-tuning on the whole training split (Chapter 4's text-classification project).
 PROJECT_SPECS = {
     "ci": FinetuneSpec(64, 16, 1, 5, 12, 5e-4, 6, 2),
-    "full": FinetuneSpec(128, 32, 3, 100, 1200, 2e-4, 100, 4),
+    "full": FinetuneSpec(128, 32, 2, 100, 800, 2e-4, 80, 3),
 }
 
 
