@@ -84,6 +84,10 @@ class ViT(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.head = nn.Linear(cfg.d_model, cfg.num_classes)
         self.apply(init_weights)
+        # like the patch projection of the reference ViT: N(0, 0.02), so that at initialisation the patch
+        # content (PyTorch's default Conv2d init is ~25x larger) does not drown the position embeddings
+        nn.init.trunc_normal_(self.patch_embed.weight, std=0.02)
+        nn.init.zeros_(self.patch_embed.bias)
         nn.init.trunc_normal_(self.position, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
