@@ -43,7 +43,7 @@ def write_atomic(nb: nbformat.NotebookNode, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def execute(path: Path, profile: str, output: Path, timeout: int = 1800) -> nbformat.NotebookNode:
+def execute(path: Path, profile: str, output: Path, timeout: int = 3600) -> nbformat.NotebookNode:
     """Run a notebook top to bottom with papermill in its own folder under `profile`; return the result."""
     import papermill as pm
 
