@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+from .utils import atomic_write_text
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # ids 0..4 in both tokenizers
@@ -26,24 +27,6 @@ def _check_text(text, name: str = "text") -> str:
     if not text:
         raise ValueError(f"{name} is empty")
     return text
-
-
-def _atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` through a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 class CharTokenizer:
@@ -218,7 +201,7 @@ class CharTokenizer:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the vocabulary as JSON atomically (temporary file + os.replace) and return the path."""
-        return _atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False))
+        return atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CharTokenizer":
@@ -278,7 +261,7 @@ def _bpe_file(path: str | os.PathLike) -> Path:
 
 def save_bpe(tokenizer, path: str | os.PathLike) -> Path:
     """Save a `tokenizers.Tokenizer` as path/tokenizer.json (or to path if it ends in .json), atomically."""
-    return _atomic_write_text(_bpe_file(path), tokenizer.to_str())
+    return atomic_write_text(_bpe_file(path), tokenizer.to_str())
 
 
 def load_bpe(path: str | os.PathLike):

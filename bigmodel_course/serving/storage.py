@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from ..utils import atomic_write_text
 
 LOCK_TIMEOUT_S, LOCK_STALE_S = 30.0, 120.0
 
@@ -48,18 +49,7 @@ def fsync_path(path: str | os.PathLike) -> None:
 
 def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
     """Write JSON through a temporary file in the same folder, fsync, os.replace: readers see old or new, never half."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=2))
 
 
 @contextmanager
