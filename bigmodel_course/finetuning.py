@@ -1,11 +1,15 @@
-"""Fine-tuning for review sentiment, and the label-efficiency experiment: pre-trained vs random initialisation."""
+"""Fine-tuning for review sentiment, the label-efficiency experiment (pre-trained vs random initialisation), and
+the cached sentiment classifier that later chapters (compression, deployment) start from."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_model, save_model
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
@@ -17,7 +21,7 @@ from .pretrained import Pretrained, load_pretrained
 from .tokenization import CharTokenizer
 from .training import Trainer, TrainConfig
 from .transformer import EncoderConfig, EncoderForSequenceClassification, GPTConfig, GPTForSequenceClassification
-from .utils import get_profile, seed_everything
+from .utils import atomic_directory, cache_dir, get_profile, seed_everything
 
 
 @dataclass(frozen=True)
@@ -171,3 +175,70 @@ def label_efficiency(profile: str | None = None, kind: str = "bert", seed: int =
             row[f"{name}_best_step"] = result["best_step"]
         rows.append(row)
     return rows
+
+
+SENTIMENT_KINDS = ("gpt", "bert")
+
+
+@dataclass
+class SentimentClassifier:
+    """A fine-tuned review-sentiment classifier with its tokenizer and run facts (test accuracy, steps, spec)."""
+
+    model: torch.nn.Module
+    tokenizer: CharTokenizer
+    meta: dict
+    path: Path
+
+
+def sentiment_dir(kind: str, profile: str, root: Path | None = None) -> Path:
+    """Cache folder of the fine-tuned `kind` sentiment classifier of a profile."""
+    if kind not in SENTIMENT_KINDS:
+        raise ValueError(f"unknown classifier {kind!r}; expected one of {SENTIMENT_KINDS}")
+    return (root or cache_dir("sentiment")) / f"{kind}-{get_profile(profile).name}"
+
+
+def train_sentiment_classifier(kind: str = "gpt", profile: str | None = None, root: Path | None = None,
+                               progress: bool = False) -> Path:
+    """Fine-tune the pre-trained `kind` on the whole training split (Chapter 4's recipe: PROJECT_SPECS, validation
+    selection) and publish model, config, tokenizer and meta atomically in the cache; returns the folder."""
+    profile = get_profile(profile).name
+    target = sentiment_dir(kind, profile, root)
+    pre = load_pretrained(kind, profile, progress=progress)
+    splits = review_splits(seed=0)
+    spec = PROJECT_SPECS[profile]
+    val = (splits.val_texts, splits.val_labels)
+    if profile == "ci":
+        val = labelled_subset(*val, 100)
+    seed_everything(0)
+    result = finetune(classifier_from(pre, pre.model.cfg), pre.tokenizer, (splits.train_texts, splits.train_labels),
+                      (splits.test_texts, splits.test_labels), spec, seed=0, progress=progress, val=val)
+    model = result["model"].cpu().eval()
+    meta = {"kind": kind, "profile": profile, "spec": spec.__dict__, "test_accuracy": result["test_accuracy"],
+            "steps": result["steps"], "best_step": result["best_step"], "train_seconds": round(result["seconds"], 1),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    with atomic_directory(target) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2), encoding="utf-8")
+        pre.tokenizer.save(tmp / "tokenizer.json")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    return target
+
+
+def load_sentiment_classifier(kind: str = "gpt", profile: str | None = None, root: Path | None = None,
+                              train_if_missing: bool = True, progress: bool = False) -> SentimentClassifier:
+    """Load the fine-tuned sentiment classifier of a profile from the cache, fine-tuning it first when missing."""
+    path = sentiment_dir(kind, profile, root)
+    if not (path / "model.safetensors").is_file():
+        if not train_if_missing:
+            raise FileNotFoundError(f"no fine-tuned {kind} sentiment classifier at {path}")
+        train_sentiment_classifier(kind, profile, root, progress)
+    try:
+        cfg_cls = EncoderConfig if kind == "bert" else GPTConfig
+        cfg = cfg_cls.from_dict(json.loads((path / "config.json").read_text(encoding="utf-8")))
+        model = EncoderForSequenceClassification(cfg) if kind == "bert" else GPTForSequenceClassification(cfg)
+        load_model(model, str(path / "model.safetensors"))
+        tokenizer = CharTokenizer.load(path / "tokenizer.json")
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise ValueError(f"the sentiment classifier at {path} is unreadable ({err}); delete it to retrain") from err
+    return SentimentClassifier(model.eval(), tokenizer, meta, path)

@@ -8,9 +8,7 @@ Models live in the cache directory, one folder per (model, profile):
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -26,7 +24,7 @@ from .pretraining import make_nsp_pairs, mask_tokens
 from .tokenization import CharTokenizer
 from .training import Trainer, TrainConfig, save_history
 from .transformer import GPT, EncoderConfig, EncoderForPreTraining, GPTConfig
-from .utils import cache_dir, get_profile, seed_everything
+from .utils import atomic_directory, cache_dir, get_profile, seed_everything
 
 KINDS = ("bert", "gpt")
 
@@ -169,11 +167,7 @@ def _publish(model, tokenizer: CharTokenizer, history: list[dict], meta: dict, t
     """Write every file into a temporary sibling folder, then swap it in, so a crash never leaves half a model."""
     from .interop import encoder_to_hf, gpt_to_hf
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_directory(target) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2), encoding="utf-8")
         tokenizer.save(tmp / "tokenizer.json")
@@ -181,14 +175,6 @@ def _publish(model, tokenizer: CharTokenizer, history: list[dict], meta: dict, t
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
         hf = encoder_to_hf(model) if meta["kind"] == "bert" else gpt_to_hf(model)
         hf.save_pretrained(tmp / "hf")
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

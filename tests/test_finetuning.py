@@ -6,6 +6,8 @@ from bigmodel_course.finetuning import (
     classifier_from,
     label_efficiency,
     labelled_subset,
+    load_sentiment_classifier,
+    sentiment_dir,
     tfidf_baseline,
 )
 from bigmodel_course.pretrained import Pretrained, load_pretrained
@@ -53,3 +55,22 @@ def test_gpt_classifier_starts_from_the_pretrained_gpt(tmp_path):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="EncoderConfig or a GPTConfig"):
         classifier_from(None, TransformerConfig(vocab_size=10))
+
+
+def test_sentiment_classifier_is_trained_once_cached_and_reloaded_exactly(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIGMODEL_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no fine-tuned gpt sentiment classifier"):
+        load_sentiment_classifier("gpt", "ci", train_if_missing=False)
+    first = load_sentiment_classifier("gpt", "ci")
+    assert first.path == sentiment_dir("gpt", "ci") and 0.0 <= first.meta["test_accuracy"] <= 1.0
+    assert 1 <= first.meta["best_step"] <= first.meta["steps"]
+    again = load_sentiment_classifier("gpt", "ci", train_if_missing=False)
+    for (name, a), b in zip(first.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    ids = torch.tensor([again.tokenizer.encode("质量很好")])
+    torch.testing.assert_close(first.model(ids).logits, again.model(ids).logits, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="unknown classifier 'lstm'"):
+        sentiment_dir("lstm", "ci")
+    (first.path / "config.json").write_text("{broken", encoding="utf-8")
+    with pytest.raises(ValueError, match="unreadable.*delete it to retrain"):
+        load_sentiment_classifier("gpt", "ci", train_if_missing=False)
