@@ -94,7 +94,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     serve(args.registry, args.host, args.port, log_level=args.log_level, access_log=not args.no_access_log,
           port_file=args.port_file, threads=args.threads, max_batch=args.max_batch,
-          max_text_chars=args.max_text_chars, max_body_bytes=args.max_body_bytes)
+          max_text_chars=args.max_text_chars, max_body_bytes=args.max_body_bytes, micro_batch=args.micro_batch,
+          micro_batch_wait_ms=args.micro_batch_wait_ms)
     return 0
 
 
@@ -128,6 +129,28 @@ def _bench_serve(args: argparse.Namespace) -> int:
           "(a 1-layer GPT text classifier and a 1-layer ViT), batches of 4 texts / 4 digit images, "
           "half text and half image requests:")
     print(result.format())
+def _non_negative_int(text: str) -> int:
+    """argparse type: an int ≥ 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {value}")
+    return value
+
+
+def _wait_ms(text: str) -> float:
+    """argparse type: milliseconds in [0, 1000]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if not 0 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"the wait must be in [0, 1000] ms, got {value:g}")
+    return value
+
+
     return 0 if result.errors == 0 else 1
 
 
@@ -206,3 +229,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+    serve.add_argument("--micro-batch", type=_non_negative_int, default=0,
+                       help="gather concurrent text requests into one forward pass of up to N texts (0: off)")
+    serve.add_argument("--micro-batch-wait-ms", type=_wait_ms, default=5.0,
+                       help="longest wait for more requests to join a micro-batch (default 5 ms)")

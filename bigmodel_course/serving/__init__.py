@@ -1,4 +1,5 @@
-"""Serving: a versioned model registry on disk and a FastAPI service for the text and image classifiers.
+"""Serving: a versioned model registry on disk, a FastAPI service for the text and image classifiers (optional
+micro-batching, admin routes behind an API key, canary releases) and data-drift checks.
 
     from bigmodel_course.serving import ModelRegistry, create_app, background_server
 
@@ -11,8 +12,12 @@
         httpx.post(f"{url}/v1/image/classify", json={"model": "digits", "images": [...]})
 """
 
+from .admin import ADMIN_HEADER, ADMIN_KEY_ENV
 from .app import create_app
 from .architectures import ARCHITECTURE_TASKS, ARCHITECTURES, build_model
+from .batching import MicroBatcher
+from .canary import Canary, clear_canary, get_canary, set_canary
+from .drift import DriftMonitor, DriftReport, psi
 from .loaded import LoadedModel
 from .loadtest import LoadTestResult, bench_serve, publish_tiny_models, run_load_test
 from .preprocess import InputError, decode_png, encode_png
@@ -20,6 +25,16 @@ from .registry import ModelCard, ModelNotFoundError, ModelRegistry, RegistryErro
 from .server import background_server, serve
 
 __all__ = [
+    "ADMIN_HEADER",
+    "ADMIN_KEY_ENV",
+    "Canary",
+    "DriftMonitor",
+    "DriftReport",
+    "MicroBatcher",
+    "clear_canary",
+    "get_canary",
+    "psi",
+    "set_canary",
     "ARCHITECTURES",
     "ARCHITECTURE_TASKS",
     "InputError",

@@ -9,7 +9,10 @@ no restart is needed.
 from __future__ import annotations
 
 import os
+import random
 import threading
+import time
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +22,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .admin import ADMIN_PREFIX, admin_key_from_env, admin_router
+from .batching import MicroBatcher
+from .canary import get_canary
 from .loaded import LoadedModel
 from .metrics import ServiceMetrics
 from .middleware import BodyLimitMiddleware, CatchAllMiddleware, MetricsMiddleware, logger
@@ -35,6 +41,7 @@ from .schemas import (
 )
 
 ROUTES = ("/v1/text/classify", "/v1/image/classify", "/v1/models", "/healthz", "/metrics")
+ADMIN_ROUTES = tuple(f"/v1/admin/models/{{name}}/{action}" for action in ("versions", "promote", "rollback", "canary"))
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 500, 503)}
 _IMAGE_BODY = {
     "requestBody": {
@@ -57,36 +64,86 @@ def _a(task: str) -> str:
 
 
 class ModelCache:
-    """Promoted models loaded on first use; a new promoted version (promote/rollback) replaces the cached one."""
+    """Loaded models by (name, version): the promoted version of each model, and its canary when one runs.
 
-    def __init__(self, registry: ModelRegistry, metrics: ServiceMetrics) -> None:
+    A version that fails to load (corrupt or tampered files) is remembered as failed and not retried on
+    every request; while it is promoted, the service keeps answering with the last version of that model
+    that did load (the answer names its version) and logs the failure.
+    """
+
+    def __init__(self, registry: ModelRegistry, metrics: ServiceMetrics, seed: int | None = None) -> None:
         self.registry, self.metrics = registry, metrics
-        self._models: dict[str, LoadedModel] = {}
+        self._models: dict[tuple[str, str], LoadedModel] = {}
+        self._last_good: dict[str, LoadedModel] = {}
+        self._failed: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+        self._random = random.Random(seed)
 
     def loaded(self) -> list[str]:
         """'name:version' of every cached model."""
-        return sorted(f"{name}:{m.card.version}" for name, m in self._models.items())
+        return sorted(f"{name}:{version}" for name, version in self._models)
+
+    def _load(self, name: str, version: str) -> LoadedModel:
+        """The cached or freshly loaded version (call with the lock held); RegistryError when it does not load."""
+        model = self._models.get((name, version))
+        if model is None:
+            model = self.registry.load(name, version)
+            self._models[(name, version)] = model
+            self.metrics.load_seconds.labels(name, version).set(model.load_seconds)
+        return model
+
+    def preload(self, name: str, version: str) -> LoadedModel:
+        """Load (and verify) a version before it takes traffic; RegistryError naming the problem if it does not load."""
+        with self._lock:
+            self._failed.discard((name, version))
+            try:
+                return self._load(name, version)
+            except RegistryError:
+                self._failed.add((name, version))
+                self.metrics.load_failures.labels(name, version).inc()
+                raise
+
+    def _choose(self, name: str) -> tuple[str, str | None]:
+        """(promoted version, canary version or None) for one request."""
+        promoted = self.registry.promoted_version(name)
+        canary = get_canary(self.registry, name)
+        if canary is not None and canary.version != promoted and self._random.random() < canary.fraction:
+            return promoted, canary.version
+        return promoted, None
 
     def get(self, name: str, task: str) -> LoadedModel:
-        """The promoted version of `name` for `task`; HTTPException 404/400/422/503 naming the problem."""
+        """The version of `name` that answers this request; HTTPException 404/400/422/503 naming the problem."""
         try:
             check_name(name)
         except RegistryError as e:
             raise HTTPException(422, str(e)) from None
         try:
-            version = self.registry.promoted_version(name)
-            with self._lock:
-                model = self._models.get(name)
-                if model is None or model.card.version != version:
-                    model = self.registry.load(name, version)
-                    self._models[name] = model
-                    self.metrics.load_seconds.labels(name, version).set(model.load_seconds)
+            promoted, canary = self._choose(name)
         except ModelNotFoundError as e:
             raise HTTPException(404, str(e)) from None
         except RegistryError as e:
-            logger.error("cannot serve model %r: %s", name, e)  # paths stay in the server log
+            logger.error("cannot read the registry entry of model %r: %s", name, e)  # paths stay in the server log
             raise HTTPException(503, f"model {name!r} cannot be loaded; the details are in the server log") from None
+        with self._lock:
+            model = None
+            for version in ([canary] if canary else []) + [promoted]:
+                if (name, version) in self._failed:
+                    continue
+                try:
+                    model = self._load(name, version)
+                    break
+                except RegistryError as e:
+                    self._failed.add((name, version))
+                    self.metrics.load_failures.labels(name, version).inc()
+                    logger.error("model %r version %s does not load: %s", name, version, e)
+            if model is not None and model.card.version == promoted:
+                self._last_good[name] = model
+                for key in [k for k in self._models if k[0] == name and k[1] not in (promoted, canary)]:
+                    del self._models[key]  # versions no longer promoted or in a canary
+            elif model is None:
+                model = self._last_good.get(name)
+        if model is None:
+            raise HTTPException(503, f"model {name!r} cannot be loaded; the details are in the server log")
         if model.card.task != task:
             raise HTTPException(400, f"model {name!r} is {_a(model.card.task)} model, not {_a(task)} model; "
                                      f"use POST /v1/{model.card.task}/classify")
@@ -106,19 +163,49 @@ def create_app(
     max_batch: int = 64,
     max_text_chars: int = 512,
     max_body_bytes: int = 1_000_000,
+    micro_batch: int = 0,
+    micro_batch_wait_ms: float = 5.0,
+    admin_key: str | None = None,
+    admin_max_body_bytes: int = 64_000_000,
+    canary_seed: int | None = None,
 ) -> FastAPI:
-    """The service over `registry` (a ModelRegistry, a registry folder, or None for the default registry)."""
+    """The service over `registry` (a ModelRegistry, a registry folder, or None for the default registry).
+
+    micro_batch > 0 gathers concurrent text requests for up to `micro_batch_wait_ms` or `micro_batch` texts
+    into one forward pass. admin_key (None: read BIGMODEL_ADMIN_KEY; unset: admin routes disabled) protects
+    the /v1/admin routes, whose bodies (model uploads) may be up to admin_max_body_bytes.
+    """
     from .. import __version__
 
     _check_limits(max_batch, max_text_chars, max_body_bytes)
+    _check_limits(1, 1, admin_max_body_bytes)
+    if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 0:
+        raise ValueError(f"micro_batch must be an int ≥ 0 (0: off), got {micro_batch!r}")
+    if admin_key is None:
+        admin_key = admin_key_from_env()
     if not isinstance(registry, ModelRegistry):
         registry = ModelRegistry(registry)
     metrics = ServiceMetrics()
-    cache = ModelCache(registry, metrics)
-    app = FastAPI(title="bigmodel-course model service", version=__version__,
+    cache = ModelCache(registry, metrics, seed=canary_seed)
+    batcher = None
+    if micro_batch:
+        def count_batch(model: LoadedModel, requests: int, items: int) -> None:
+            metrics.batch_requests.observe(requests)
+
+        batcher = MicroBatcher(micro_batch, micro_batch_wait_ms / 1000, on_batch=count_batch)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if batcher is not None:
+            await batcher.aclose()
+
+    app = FastAPI(title="bigmodel-course model service", version=__version__, lifespan=lifespan,
                   description="Text and digit classification with the promoted models of a model registry.")
     app.state.registry, app.state.metrics, app.state.models = registry, metrics, cache
-    app.state.limits = {"max_batch": max_batch, "max_text_chars": max_text_chars, "max_body_bytes": max_body_bytes}
+    app.state.limits = {"max_batch": max_batch, "max_text_chars": max_text_chars, "max_body_bytes": max_body_bytes,
+                        "micro_batch": micro_batch, "admin_max_body_bytes": admin_max_body_bytes}
+    app.state.admin_enabled = admin_key is not None
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -129,14 +216,21 @@ def create_app(
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
+    def answer(model: LoadedModel, predictions: list[dict], seconds: float) -> dict:
+        """Count the items and time of one answer by model and version; the response body."""
+        card = model.card
+        metrics.items.labels(card.name, card.version).inc(len(predictions))
+        metrics.model_latency.labels(card.name, card.version).observe(seconds)
+        return {"model": card.name, "version": card.version, "predictions": predictions}
+
     def classify(model: LoadedModel, inputs) -> dict:
         """Predict and count the items (runs in the thread pool)."""
+        start = time.perf_counter()
         try:
             predictions = model.predict(inputs)
         except InputError as e:
             raise HTTPException(422, str(e)) from None
-        metrics.items.labels(model.card.name, model.card.version).inc(len(predictions))
-        return {"model": model.card.name, "version": model.card.version, "predictions": predictions}
+        return answer(model, predictions, time.perf_counter() - start)
 
     @app.post("/v1/text/classify", response_model=ClassifyResponse, responses=_ERRORS)
     async def classify_text(body: TextRequest) -> dict:
@@ -146,10 +240,18 @@ def create_app(
         except InputError as e:
             raise HTTPException(422, str(e)) from None
 
-        def run() -> dict:
-            return classify(cache.get(body.model, "text"), texts)
+        if batcher is None:
+            def run() -> dict:
+                return classify(cache.get(body.model, "text"), texts)
 
-        return await run_in_threadpool(run)
+            return await run_in_threadpool(run)
+        model = await run_in_threadpool(cache.get, body.model, "text")
+        start = time.perf_counter()
+        try:
+            predictions = await batcher.submit(model, texts)
+        except InputError as e:
+            raise HTTPException(422, str(e)) from None
+        return answer(model, predictions, time.perf_counter() - start)
 
     async def _image_json(request: Request) -> tuple[str, list]:
         """Model name and images of a JSON image request."""
@@ -239,7 +341,9 @@ def create_app(
         """Prometheus text format: requests, latency, items classified, model load time."""
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.include_router(admin_router(registry, cache, admin_key))
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes,
+                       prefix_limits={ADMIN_PREFIX + "/": admin_max_body_bytes})
     app.add_middleware(CatchAllMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=ROUTES)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=ROUTES + ADMIN_ROUTES)
     return app

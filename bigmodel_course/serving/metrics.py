@@ -8,7 +8,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class ServiceMetrics:
-    """Requests by route/method/status, latency by route, items classified and model load time by model/version."""
+    """Requests by route/method/status, latency by route; items, predict time, load time and load failures by
+    model/version; requests per micro-batch."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -20,6 +21,13 @@ class ServiceMetrics:
                                  ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.items = Counter("bigmodel_items_classified", "Inputs classified, by model and version",
                              ["model", "version"], registry=self.registry)
+        self.model_latency = Histogram("bigmodel_model_predict_seconds", "Time to classify one request's inputs, "
+                                       "by model and version", ["model", "version"], buckets=LATENCY_BUCKETS,
+                                       registry=self.registry)
+        self.load_failures = Counter("bigmodel_model_load_failures", "Model versions that failed to load",
+                                     ["model", "version"], registry=self.registry)
+        self.batch_requests = Histogram("bigmodel_micro_batch_requests", "Requests served by one micro-batched "
+                                        "forward pass", buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
         self.load_seconds = Gauge("bigmodel_model_load_seconds", "Seconds to verify and load a model version",
                                   ["model", "version"], registry=self.registry)
 

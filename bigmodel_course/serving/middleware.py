@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Collection
 
@@ -20,7 +21,15 @@ class MetricsMiddleware:
     """Count every HTTP answer by route, method and status and time it (unknown paths share the route 'other')."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics, routes: Collection[str]) -> None:
-        self.app, self.metrics, self.routes = app, metrics, frozenset(routes)
+        self.app, self.metrics, self.routes = app, metrics, frozenset(r for r in routes if "{" not in r)
+        self.templates = [(re.compile("^" + re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(r)) + "$"), r)
+                          for r in routes if "{" in r]
+
+    def route(self, path: str) -> str:
+        """The route label of a path: itself, its template ('/v1/admin/models/{name}/promote') or 'other'."""
+        if path in self.routes:
+            return path
+        return next((template for pattern, template in self.templates if pattern.match(path)), "other")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,7 +46,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope["path"] if scope["path"] in self.routes else "other"
+            route = self.route(scope["path"])
             self.metrics.observe_request(route, scope["method"], status, time.perf_counter() - start)
 
 
@@ -69,15 +78,19 @@ class CatchAllMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over `max_bytes` with 413 before reading them whole.
+    """Refuse request bodies over `max_bytes` (or a path prefix's own limit) with 413 before reading them whole.
 
     A Content-Length over the limit is refused before any body byte is read; a body without one
     (chunked) is counted while it streams in and refused as soon as the count passes the limit.
     An accepted body (at most `max_bytes`) is handed on to the application unchanged.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, prefix_limits: dict[str, int] | None = None) -> None:
+        self.app, self.max_bytes, self.prefix_limits = app, max_bytes, dict(prefix_limits or {})
+
+    def limit(self, path: str) -> int:
+        """The body limit of a path: the first matching prefix limit (e.g. model uploads), else max_bytes."""
+        return next((n for prefix, n in self.prefix_limits.items() if path.startswith(prefix)), self.max_bytes)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
         """Answer with an error and close the connection (the rest of the body is never read)."""
@@ -87,7 +100,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_bytes
+        limit = self.limit(scope["path"])
         declared = Headers(scope=scope).get("content-length")
         if declared is not None:
             if not declared.strip().isdigit():

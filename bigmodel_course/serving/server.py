@@ -136,8 +136,9 @@ def background_server(
     """Run `bigmodel-course serve` in a child process; yield its base URL once /healthz answers; stop it on exit.
 
     A separate process (not a thread) keeps the server's work off the caller's interpreter lock, so a
-    load test measures the server and not the client. port=0 lets the OS pick a free port; `threads` and
-    the app limits (max_batch, max_text_chars, max_body_bytes) are passed on to `serve`. The server's
+    load test measures the server and not the client. port=0 lets the OS pick a free port; `threads`, the app
+    limits (max_batch, max_text_chars, max_body_bytes) and micro-batching (micro_batch, micro_batch_wait_ms) are
+    passed on to `serve`; the admin key, if any, reaches the server through the environment (BIGMODEL_ADMIN_KEY). The server's
     log is kept in a temporary file and quoted if the server fails to start.
     """
     root = registry.root if isinstance(registry, ModelRegistry) else ModelRegistry(registry).root
@@ -148,8 +149,8 @@ def background_server(
         command = [sys.executable, "-m", "bigmodel_course.cli", "serve", "--host", host, "--port", str(port),
                    "--registry", str(root), "--port-file", str(port_file), "--log-level", log_level,
                    "--no-access-log", "--threads", str(int(threads))]
-        for key, value in limits.items():
-            command += [f"--{key.replace('_', '-')}", str(int(value))]
+        for key, value in limits.items():  # max_batch, max_text_chars, max_body_bytes, micro_batch, micro_batch_wait_ms
+            command += [f"--{key.replace('_', '-')}", str(value)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(log, "wb") as out:
             proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)

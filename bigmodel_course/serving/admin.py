@@ -1,0 +1,211 @@
+"""Admin routes of the service: publish a new version, promote, roll back, start and end a canary.
+
+Every admin route needs the header `X-API-Key` equal to the key the server was started with (the
+environment variable BIGMODEL_ADMIN_KEY); without a key the routes answer 401, with a wrong one 403, and
+when the server has no key at all they are disabled (403). The key is compared in constant time and
+never logged or echoed. A version is promoted only after it loaded: a corrupt version is refused with
+409 and the promoted version stays what it was.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from .architectures import build_model
+from .canary import clear_canary, get_canary, set_canary
+from .checks import ModelNotFoundError, RegistryError
+from .middleware import logger
+from .registry import TOKENIZER_FILE, ModelRegistry
+from .schemas import ErrorResponse, ModelInfo
+
+ADMIN_KEY_ENV, ADMIN_HEADER, MIN_KEY_CHARS = "BIGMODEL_ADMIN_KEY", "X-API-Key", 16
+ADMIN_PREFIX = "/v1/admin"
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 503)}
+_PUBLISH_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["metadata", "weights"],
+    "properties": {"metadata": {"type": "string", "description": "JSON: task, architecture, config, labels, "
+                                                                 "metrics, preprocessing, description"},
+                   "weights": {"type": "string", "format": "binary", "description": "model.safetensors"},
+                   "tokenizer": {"type": "string", "format": "binary", "description": "tokenizer.json (text models)"}},
+}}}}}
+_METADATA_KEYS = {"task", "architecture", "config", "labels", "metrics", "preprocessing", "description"}
+
+
+class PromoteRequest(BaseModel):
+    """POST /v1/admin/models/{name}/promote."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: str = Field(description="the version to promote, e.g. 'v2'", examples=["v2"])
+
+
+class CanaryRequest(BaseModel):
+    """PUT /v1/admin/models/{name}/canary."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: str = Field(description="the candidate version", examples=["v2"])
+    fraction: float = Field(gt=0, lt=1, description="share of requests the candidate answers, in (0, 1)",
+                            examples=[0.1])
+
+
+class CanaryInfo(BaseModel):
+    """The canary of a model (version None: no canary)."""
+
+    name: str
+    version: str | None
+    fraction: float
+
+
+def admin_key_from_env() -> str | None:
+    """The admin key from BIGMODEL_ADMIN_KEY (None when unset or empty); ValueError if it is too short."""
+    key = os.environ.get(ADMIN_KEY_ENV) or None
+    check_admin_key(key)
+    return key
+
+
+def check_admin_key(key: str | None) -> None:
+    """None (admin routes disabled) or a key of at least MIN_KEY_CHARS characters; the error never shows the key."""
+    if key is not None and (not isinstance(key, str) or len(key) < MIN_KEY_CHARS):
+        raise ValueError(f"the admin key must be a string of at least {MIN_KEY_CHARS} characters "
+                         f"(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+
+
+def _require_key(expected: str | None):
+    """A FastAPI dependency that lets a request through only with the right X-API-Key header."""
+    expected_bytes = expected.encode() if expected is not None else None
+
+    def require(request: Request) -> None:
+        if expected_bytes is None:
+            raise HTTPException(403, f"admin routes are disabled: the server was started without {ADMIN_KEY_ENV}")
+        given = request.headers.get(ADMIN_HEADER)
+        if not given:
+            raise HTTPException(401, f"missing {ADMIN_HEADER} header", headers={"WWW-Authenticate": ADMIN_HEADER})
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected_bytes):
+            raise HTTPException(403, f"invalid {ADMIN_HEADER}")
+
+    return require
+
+
+def _registry_errors(e: RegistryError) -> HTTPException:
+    """404 for unknown models and versions, 409 for everything the registry refused."""
+    return HTTPException(404 if isinstance(e, ModelNotFoundError) else 409, str(e).split("\n")[0][:280])
+
+
+def _publish_from_files(registry: ModelRegistry, name: str, metadata: dict, weights: bytes,
+                        tokenizer: bytes | None) -> dict:
+    """Rebuild the model from its architecture and config, load the uploaded safetensors strictly, publish."""
+    import safetensors.torch
+
+    with tempfile.TemporaryDirectory(prefix="bigmodel-publish-") as tmp:
+        weights_path = Path(tmp) / "model.safetensors"
+        weights_path.write_bytes(weights)
+        try:
+            model = build_model(metadata["architecture"], metadata["config"])
+            safetensors.torch.load_model(model, str(weights_path), strict=True)
+        except Exception as e:  # unknown architecture, bad config, unreadable or mismatched weights
+            raise HTTPException(422, f"the weights do not load into {metadata['architecture']!r}: "
+                                     f"{str(e).splitlines()[0][:200]}") from None
+        files = None
+        if tokenizer is not None:
+            (Path(tmp) / TOKENIZER_FILE).write_bytes(tokenizer)
+            files = {TOKENIZER_FILE: Path(tmp) / TOKENIZER_FILE}
+        try:
+            card = registry.publish(name, model, task=metadata["task"], architecture=metadata["architecture"],
+                                    config=metadata["config"], labels=metadata["labels"],
+                                    metrics=metadata.get("metrics", {}), preprocessing=metadata["preprocessing"],
+                                    files=files, description=metadata.get("description", ""))
+        except RegistryError as e:
+            raise HTTPException(422, str(e)[:280]) from None
+    logger.info("published %s %s through the admin API", card.name, card.version)
+    return card.summary()
+
+
+def admin_router(registry: ModelRegistry, cache, admin_key: str | None) -> APIRouter:
+    """The admin routes over `registry`; `cache` (the app's ModelCache) loads a version before it is promoted."""
+    check_admin_key(admin_key)
+    router = APIRouter(prefix=ADMIN_PREFIX, tags=["admin"], dependencies=[Depends(_require_key(admin_key))],
+                       responses=_ERRORS)
+
+    @router.post("/models/{name}/versions", status_code=201, response_model=ModelInfo, openapi_extra=_PUBLISH_BODY)
+    async def publish(name: str, request: Request) -> dict:
+        """Publish a new version (not promoted) from uploaded safetensors weights, metadata and tokenizer."""
+        try:
+            form = await request.form(max_files=2, max_fields=2)
+        except Exception as e:  # python-multipart and starlette raise several types for broken bodies
+            raise HTTPException(400, f"malformed multipart body: {getattr(e, 'detail', type(e).__name__)}") from None
+        try:
+            raw, weights, tokenizer = form.get("metadata"), form.get("weights"), form.get("tokenizer")
+            if not isinstance(raw, str):
+                raise HTTPException(422, "missing form field 'metadata' (a JSON object)")
+            try:
+                metadata = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise HTTPException(422, f"metadata is not JSON: {e}") from None
+            if not isinstance(metadata, dict):
+                raise HTTPException(422, "metadata must be a JSON object")
+            missing = sorted({"task", "architecture", "config", "labels", "preprocessing"} - set(metadata))
+            unknown = sorted(set(metadata) - _METADATA_KEYS)
+            if missing or unknown:
+                raise HTTPException(422, f"metadata: missing keys {missing}, unknown keys {unknown}")
+            if not isinstance(weights, UploadFile):
+                raise HTTPException(422, "missing file field 'weights' (model.safetensors)")
+            if tokenizer is not None and not isinstance(tokenizer, UploadFile):
+                raise HTTPException(422, "'tokenizer' must be a file upload")
+            weight_bytes = await weights.read()
+            tokenizer_bytes = await tokenizer.read() if tokenizer is not None else None
+        finally:
+            await form.close()
+        return await run_in_threadpool(_publish_from_files, registry, name, metadata, weight_bytes, tokenizer_bytes)
+
+    @router.post("/models/{name}/promote", response_model=ModelInfo)
+    def promote(name: str, body: PromoteRequest) -> dict:
+        """Load and check `version`, then promote it; a version that does not load is refused (409)."""
+        try:
+            cache.preload(name, body.version)
+            card = registry.promote(name, body.version)
+            canary = get_canary(registry, name)
+            if canary is not None and canary.version == card.version:
+                clear_canary(registry, name)  # the candidate graduated
+        except RegistryError as e:
+            raise _registry_errors(e) from None
+        logger.info("promoted %s %s through the admin API", card.name, card.version)
+        return card.summary()
+
+    @router.post("/models/{name}/rollback", response_model=ModelInfo)
+    def rollback(name: str) -> dict:
+        """Promote again the version that was promoted before the current one."""
+        try:
+            card = registry.rollback(name)
+        except RegistryError as e:
+            raise _registry_errors(e) from None
+        logger.info("rolled back %s to %s through the admin API", card.name, card.version)
+        return card.summary()
+
+    @router.put("/models/{name}/canary", response_model=CanaryInfo)
+    def start_canary(name: str, body: CanaryRequest) -> dict:
+        """Send a fraction of the requests for `name` to a candidate version (loaded and checked first)."""
+        try:
+            cache.preload(name, body.version)
+            canary = set_canary(registry, name, body.version, body.fraction)
+        except RegistryError as e:
+            raise _registry_errors(e) from None
+        return {"name": name, "version": canary.version, "fraction": canary.fraction}
+
+    @router.delete("/models/{name}/canary", response_model=CanaryInfo)
+    def end_canary(name: str) -> dict:
+        """End the canary: every request goes to the promoted version again."""
+        try:
+            clear_canary(registry, name)
+        except RegistryError as e:
+            raise _registry_errors(e) from None
+        return {"name": name, "version": None, "fraction": 0.0}
+
+    return router

@@ -1,0 +1,152 @@
+"""Micro-batching: concurrent requests share forward passes, every request gets its own predictions, errors reach
+every waiting request, and the service's answers equal those without micro-batching."""
+
+import asyncio
+
+import httpx
+import pytest
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+
+from bigmodel_course.serving import MicroBatcher, ModelRegistry, build_model, create_app
+from bigmodel_course.tokenization import CharTokenizer
+from bigmodel_course.transformer import GPTConfig
+
+TEXTS = ["这本书写得很好，值得推荐", "质量太差了", "物流很快，包装也不错，下次还来", "退货麻烦", "好", "一般般吧，凑合用"]
+
+
+class Recorder:
+    """A fake model: predict returns its inputs doubled and records the size of every call."""
+
+    def __init__(self, fail_on=None):
+        self.calls, self.fail_on = [], fail_on
+
+    def predict(self, inputs):
+        self.calls.append(len(inputs))
+        if self.fail_on is not None and self.fail_on in inputs:
+            raise RuntimeError("boom")
+        return [x * 2 for x in inputs]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_share_one_forward_pass_and_get_their_own_answers():
+    model = Recorder()
+
+    async def main():
+        batcher = MicroBatcher(max_items=64, max_wait_s=0.05)
+        results = await asyncio.gather(*(batcher.submit(model, [i, i + 100]) for i in range(10)))
+        await batcher.aclose()
+        return results
+
+    results = run(main())
+    assert results == [[2 * i, 2 * (i + 100)] for i in range(10)]
+    assert model.calls == [20]
+
+
+def test_batches_stop_at_max_items_and_a_lone_request_waits_at_most_max_wait():
+    model = Recorder()
+
+    async def main():
+        batcher = MicroBatcher(max_items=4, max_wait_s=0.05)
+        await asyncio.gather(*(batcher.submit(model, [i]) for i in range(10)))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await batcher.submit(model, [1])
+        waited = loop.time() - start
+        await batcher.aclose()
+        return waited
+
+    waited = run(main())
+    assert model.calls[:3] == [4, 4, 2] and model.calls[3] == 1
+    assert 0.04 < waited < 0.5
+
+
+def test_without_waiting_requests_are_not_held_back():
+    model = Recorder()
+
+    async def main():
+        batcher = MicroBatcher(max_items=8, max_wait_s=0)
+        out = [await batcher.submit(model, [i]) for i in range(3)]
+        await batcher.aclose()
+        return out
+
+    assert run(main()) == [[0], [2], [4]] and model.calls == [1, 1, 1]
+
+
+def test_models_are_batched_separately_and_errors_reach_every_waiting_request():
+    good, bad = Recorder(), Recorder(fail_on=13)
+
+    async def main():
+        batcher = MicroBatcher(max_items=64, max_wait_s=0.05)
+        jobs = [batcher.submit(good, [1]), batcher.submit(bad, [13]), batcher.submit(bad, [2]), batcher.submit(good, [3])]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        after = await batcher.submit(good, [5])  # the worker survived the error
+        await batcher.aclose()
+        return results, after
+
+    results, after = run(main())
+    assert results[0] == [2] and results[3] == [6] and after == [10]
+    assert all(isinstance(r, RuntimeError) for r in results[1:3])
+    assert good.calls == [2, 1] and bad.calls == [2]
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="max_items"):
+        MicroBatcher(max_items=0)
+    with pytest.raises(ValueError, match="max_wait_s"):
+        MicroBatcher(max_wait_s=2)
+    with pytest.raises(ValueError, match="inputs is empty"):
+        run(MicroBatcher().submit(Recorder(), []))
+    with pytest.raises(ValueError, match="micro_batch"):
+        create_app(None, micro_batch=-1)
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory):
+    torch.manual_seed(0)
+    tok = CharTokenizer.train(TEXTS)
+    tok_path = tok.save(tmp_path_factory.mktemp("tok") / "tokenizer.json")
+    cfg = GPTConfig(vocab_size=tok.vocab_size, max_len=32, d_model=32, n_heads=2, n_layers=2, dropout=0.0,
+                    attn_dropout=0.0).to_dict()
+    model = build_model("gpt_classifier", cfg)
+    torch.nn.init.normal_(model.score.weight, std=2.0)
+    registry = ModelRegistry(tmp_path_factory.mktemp("registry"))
+    card = registry.publish("reviews", model, task="text", architecture="gpt_classifier", config=cfg,
+                            labels=["负面", "正面"], metrics={}, preprocessing={"max_len": 32},
+                            files={"tokenizer.json": tok_path})
+    registry.promote("reviews", card.version)
+    return registry
+
+
+async def answers(app, bodies):
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        responses = await asyncio.gather(*(client.post("/v1/text/classify", json=b) for b in bodies))
+        metrics = (await client.get("/metrics")).text
+    return responses, metrics
+
+
+def test_the_service_with_micro_batching_answers_like_the_service_without(reg):
+    bodies = [{"model": "reviews", "texts": [TEXTS[i % len(TEXTS)]] * (1 + i % 3)} for i in range(24)]
+    plain, _ = run(answers(create_app(reg), bodies))
+    batched, metrics = run(answers(create_app(reg, micro_batch=32, micro_batch_wait_ms=50), bodies))
+    assert all(r.status_code == 200 for r in plain + batched)
+    for a, b in zip(plain, batched):
+        pa, pb = a.json()["predictions"], b.json()["predictions"]
+        assert [p["label"] for p in pa] == [p["label"] for p in pb]
+        for x, y in zip(pa, pb):  # padding to a longer batch changes nothing beyond float rounding
+            assert x["probabilities"] == pytest.approx(y["probabilities"], abs=1e-5)
+    samples = {s.name: s.value for f in text_string_to_metric_families(metrics) for s in f.samples
+               if s.name.startswith("bigmodel_micro_batch_requests") and not s.labels.get("le")}
+    passes, requests = samples["bigmodel_micro_batch_requests_count"], samples["bigmodel_micro_batch_requests_sum"]
+    assert requests == 24 and passes < 24  # fewer forward passes than requests
+
+
+def test_errors_and_limits_still_apply_with_micro_batching(reg):
+    bodies = [{"model": "reviews", "texts": [""]}, {"model": "nothing", "texts": ["好"]},
+              {"model": "reviews", "texts": ["好"] * 65}]
+    responses, _ = run(answers(create_app(reg, micro_batch=8), bodies))
+    assert [r.status_code for r in responses] == [422, 404, 422]
