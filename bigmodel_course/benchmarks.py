@@ -116,3 +116,87 @@ def format_results(results: list[BenchResult], title: str) -> str:
     lines = [title, f"{'contender':<30}{'median ms':>12}{'ratio':>10}"]
     lines += [f"{r.name:<30}{r.median_ms:>12.2f}{r.ratio:>9.2f}x" for r in results]
     return "\n".join(lines)
+
+
+@dataclass
+class CompressionRow:
+    """One compressed variant of the sentiment classifier: weights file size, CPU latency, test accuracy."""
+
+    name: str
+    size_mb: float
+    ms_batch1: float
+    ms_batch32: float
+    accuracy: float
+
+
+def latency_batches(tokenizer, texts: list[str], max_len: int, batch_size: int = 32, seed: int = 0) -> dict[str, dict]:
+    """Timing inputs: the text of median length alone, and `batch_size` texts drawn with `seed`, padded per batch."""
+    from .data import ClassificationDataset
+
+    if len(texts) < batch_size:
+        raise ValueError(f"need at least {batch_size} texts for the batch, got {len(texts)}")
+    order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
+    median = [texts[order[len(order) // 2]]]
+    drawn = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))[:batch_size].tolist()
+    out = {}
+    for name, chosen in (("batch1", median), (f"batch{batch_size}", [texts[i] for i in drawn])):
+        ds = ClassificationDataset(chosen, [0] * len(chosen), tokenizer, max_len)
+        batch = ds.collate([ds[i] for i in range(len(ds))])
+        batch.pop("labels")
+        out[name] = batch
+    return out
+
+
+def bench_compression(profile: str | None = None, rounds: int = 30, progress: bool = False,
+                      sparsity: float = 0.5, ffn_keep: float = 0.5) -> list[CompressionRow]:
+    """The fine-tuned sentiment classifier (teacher) and its compressed variants, measured in one run on the CPU:
+    size of the saved safetensors file, median latency at batch 1 and 32 (interleaved), fixed-test-split accuracy."""
+    import tempfile
+    from pathlib import Path
+
+    from .compression import (DISTILL_SPECS, classifier_accuracy, file_size_mb, load_student, magnitude_prune,
+                              prune_ffn_neurons, quantize_int8, save_weights)
+    from .data import review_splits
+    from .finetuning import load_sentiment_classifier
+    from .utils import get_profile
+
+    profile = get_profile(profile).name
+    teacher = load_sentiment_classifier("gpt", profile, progress=progress)
+    model, tokenizer, max_len = teacher.model.cpu().eval(), teacher.tokenizer, teacher.model.cfg.max_len
+    students = {kind: load_student(kind, teacher, profile, progress=progress).model for kind in ("distilled", "control")}
+    variants = {
+        "teacher fp32": model,
+        f"magnitude pruned {sparsity:.0%}": magnitude_prune(model, sparsity),
+        f"FFN neurons pruned {1 - ffn_keep:.0%}": prune_ffn_neurons(model, ffn_keep),
+        "int8 Linear only": quantize_int8(model, embeddings=False),
+        "int8 Linear + embeddings": quantize_int8(model),
+        "distilled student": students["distilled"],
+        "student w/o distillation": students["control"],
+    }
+    splits = review_splits(seed=0)
+    n_test = DISTILL_SPECS[profile].n_test
+    test_texts, test_labels = splits.test_texts[:n_test], splits.test_labels[:n_test]
+    inputs = latency_batches(tokenizer, test_texts, max_len)
+    fns = {(name, b): (lambda m=m, x=x: m(**x)) for name, m in variants.items() for b, x in inputs.items()}
+    with torch.no_grad():
+        medians = time_interleaved(fns, torch.device("cpu"), rounds)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, m) in enumerate(variants.items()):
+            size = file_size_mb(save_weights(m, Path(tmp) / f"{i}.safetensors"))
+            acc = classifier_accuracy(m, tokenizer, test_texts, test_labels, max_len)
+            rows.append(CompressionRow(name, size, 1e3 * medians[(name, "batch1")], 1e3 * medians[(name, "batch32")],
+                                       acc))
+    return rows
+
+
+def format_compression(rows: list[CompressionRow]) -> str:
+    """A plain-text table of compression rows with ratios against the first row (the float model)."""
+    ref = rows[0]
+    lines = [f"{'model':<28}{'MB':>7}{'smaller':>9}{'ms b1':>9}{'faster':>8}{'ms b32':>9}{'faster':>8}"
+             f"{'accuracy':>10}{'Δ points':>10}"]
+    for r in rows:
+        lines.append(f"{r.name:<28}{r.size_mb:>7.2f}{ref.size_mb / r.size_mb:>8.2f}x{r.ms_batch1:>9.2f}"
+                     f"{ref.ms_batch1 / r.ms_batch1:>7.2f}x{r.ms_batch32:>9.2f}{ref.ms_batch32 / r.ms_batch32:>7.2f}x"
+                     f"{r.accuracy:>10.2%}{100 * (r.accuracy - ref.accuracy):>+10.2f}")
+    return "\n".join(lines)
