@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import KVCache, MultiHeadAttention
 from .positional import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding
@@ -237,11 +238,16 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
 
 
 class TransformerStack(nn.Module):
-    """Embeddings followed by n_layers blocks (and a final LayerNorm for pre-LN models)."""
+    """Embeddings followed by n_layers blocks (and a final LayerNorm for pre-LN models).
+
+    With `gradient_checkpointing` on (see `set_gradient_checkpointing`), training forward passes keep only each
+    block's input and recompute the block's activations during backward (torch.utils.checkpoint, non-reentrant).
+    """
 
     def __init__(self, cfg: TransformerConfig, causal: bool) -> None:
         super().__init__()
         self.cfg, self.causal = cfg, causal
+        self.gradient_checkpointing = False
         self.embeddings = Embeddings(cfg)
         self.layers = nn.ModuleList(TransformerBlock(cfg, causal) for _ in range(cfg.n_layers))
         self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.norm_first else None
@@ -271,9 +277,13 @@ class TransformerStack(nn.Module):
         _check_attention_mask(attention_mask, B, past + T)
         x = self.embeddings(input_ids, token_type_ids, offset=past)
         attentions = []
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
         for i, layer in enumerate(self.layers):
             cache = None if kv_cache is None else kv_cache[i]
-            x, w = layer(x, attention_mask, cache, return_attention)
+            if recompute:
+                x, w = checkpoint(layer, x, attention_mask, None, return_attention, use_reentrant=False)
+            else:
+                x, w = layer(x, attention_mask, cache, return_attention)
             attentions.append(w)
         if self.final_norm is not None:
             x = self.final_norm(x)
@@ -435,6 +445,16 @@ class GPT(nn.Module):
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)
             out.loss = F.cross_entropy(out.logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
         return out
+
+
+def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> int:
+    """Switch activation checkpointing on or off in every Transformer stack of `model`; returns how many stacks."""
+    stacks = [m for m in model.modules() if isinstance(m, TransformerStack)]
+    if not stacks:
+        raise ValueError(f"{type(model).__name__} contains no TransformerStack to checkpoint")
+    for stack in stacks:
+        stack.gradient_checkpointing = bool(enabled)
+    return len(stacks)
 
 
 def scaled_init_residual(stack: TransformerStack, n_layers: int, std: float = 0.02) -> None:

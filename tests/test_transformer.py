@@ -149,3 +149,40 @@ def test_mean_pool_averages_real_tokens_only():
     torch.testing.assert_close(mean_pool(h), h.mean(1))
     with pytest.raises(ValueError, match="hidden states must be"):
         mean_pool(h[0])
+
+
+# ------------------------------------------------------------------ activation checkpointing
+
+def test_gradient_checkpointing_gives_identical_gradients_with_dropout():
+    from bigmodel_course.transformer import set_gradient_checkpointing
+
+    torch.manual_seed(0)
+    plain = GPT(small(dropout=0.2, attn_dropout=0.2, n_layers=3))
+    ckpt = GPT(small(dropout=0.2, attn_dropout=0.2, n_layers=3))
+    ckpt.load_state_dict(plain.state_dict())
+    assert set_gradient_checkpointing(ckpt) == 1
+    ids = torch.randint(0, 50, (2, 12))
+    grads = []
+    for model in (plain, ckpt):
+        torch.manual_seed(1)  # the same dropout masks; checkpointing replays them in the recomputation
+        model(ids, labels=ids).loss.backward()
+        grads.append({k: p.grad for k, p in model.named_parameters()})
+    for k, g in grads[0].items():
+        torch.testing.assert_close(grads[1][k], g, atol=0, rtol=0)
+
+
+def test_gradient_checkpointing_only_in_training():
+    from bigmodel_course.transformer import set_gradient_checkpointing
+
+    model = GPT(small())
+    set_gradient_checkpointing(model)
+    ids = torch.randint(0, 50, (2, 8))
+    with torch.no_grad():  # inference, and the KV-cached decoding path, are unchanged
+        full = model.eval()(ids).logits
+        cache = model.new_cache()
+        steps = torch.cat([model(ids[:, :4], kv_cache=cache).logits, model(ids[:, 4:], kv_cache=cache).logits], 1)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=0)
+    assert set_gradient_checkpointing(model, False) == 1
+    assert not model.transformer.gradient_checkpointing
+    with pytest.raises(ValueError, match="no TransformerStack"):
+        set_gradient_checkpointing(torch.nn.Linear(2, 2))
