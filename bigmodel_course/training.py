@@ -12,6 +12,11 @@ Decisions, in short:
 * Checkpoints (atomic safetensors directories, verified on load) live in `checkpoints`; the
   trainer's JSON state holds step, data position, scheduler, history, early-stopping state,
   RNG states and config.
+* Data-parallel training: when a `torch.distributed` process group with more than one process is
+  initialised (see `distributed.py`), the trainer wraps the model in DistributedDataParallel (gradients
+  averaged across processes, no all-reduce on accumulation micro-batches but the last), logs the loss
+  averaged over all processes, and only rank 0 shows progress and writes checkpoints.  Give each process
+  its share of every global batch with a DistributedSampler.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from contextlib import nullcontext
 from typing import Callable, Iterator
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
@@ -174,6 +182,13 @@ def plot_history(history: list[dict], ax=None, title: str | None = None):
     return ax
 
 
+def world_info() -> tuple[int, int]:
+    """(world size, rank) of the initialised torch.distributed process group, or (1, 0) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
 # ---------------------------------------------------------------- the trainer
 
 class Trainer:
@@ -200,6 +215,13 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.device = get_device(config.device)
         self.model = model.to(self.device)
+        self.world_size, self.rank = world_info()
+        self.is_main = self.rank == 0
+        self.parallel_model: nn.Module = self.model  # what training forward passes call
+        if self.world_size > 1:
+            ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+                if self.device.type == "cuda" else None
+            self.parallel_model = DistributedDataParallel(self.model, device_ids=ids)
         self.max_steps = config.max_steps or self._steps_from_epochs()
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, config.weight_decay), lr=config.lr, betas=config.betas, eps=config.eps
@@ -269,9 +291,9 @@ class Trainer:
             )
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
-    def _forward(self, batch: dict):
+    def _forward(self, batch: dict, model: nn.Module | None = None):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
-            out = self.model(**batch)
+            out = (model or self.model)(**batch)
         if getattr(out, "loss", None) is None:
             raise ValueError("the model returned no loss: pass labels in the batch")
         return out
@@ -290,10 +312,16 @@ class Trainer:
             self._stream = self._batches()
         self.model.train()
         total = torch.zeros((), device=self.device)
-        for _ in range(k):
-            out = self._forward(self._to_device(next(self._stream)))
-            (out.loss / k).backward()
+        for i in range(k):
+            last = i == k - 1
+            sync = nullcontext() if last or self.world_size == 1 else self.parallel_model.no_sync()
+            with sync:  # DDP all-reduces the gradients once, in the backward pass of the last micro-batch
+                out = self._forward(self._to_device(next(self._stream)), self.parallel_model)
+                (out.loss / k).backward()
             total += out.loss.detach().float()
+        if self.world_size > 1:  # log the loss of the whole global batch, not of this process's share
+            dist.all_reduce(total)
+            total /= self.world_size
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if self.config.max_grad_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
@@ -318,7 +346,7 @@ class Trainer:
             self._seeded = True
         end = self.max_steps if steps is None else min(self.max_steps, self.step + steps)
         losses, norms = [], []
-        bar = tqdm(total=self.max_steps, initial=self.step, disable=not cfg.progress, desc="训练")
+        bar = tqdm(total=self.max_steps, initial=self.step, disable=not (cfg.progress and self.is_main), desc="训练")
         try:
             while self.step < end and not self.should_stop:
                 lr = self.scheduler.get_last_lr()[0]
@@ -335,7 +363,7 @@ class Trainer:
                     (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == self.max_steps
                 ):
                     self._evaluate_and_check()
-                if self.checkpoint_dir is not None and (
+                if self.checkpoint_dir is not None and self.is_main and (
                     (cfg.save_every and self.step % cfg.save_every == 0) or self.step == self.max_steps
                     or self.should_stop
                 ):
@@ -378,7 +406,7 @@ class Trainer:
         self.model.eval()
         total, count, logits, labels = 0.0, 0, [], []
         try:
-            for batch in tqdm(loader, desc="评估", leave=False, disable=not self.config.progress):
+            for batch in tqdm(loader, desc="评估", leave=False, disable=not (self.config.progress and self.is_main)):
                 batch = self._to_device(batch)
                 out = self._forward(batch)
                 n = next((v.shape[0] for v in batch.values() if isinstance(v, Tensor) and v.dim()), 1)
