@@ -154,7 +154,8 @@ def test_a_corrupt_new_version_is_refused_and_the_previous_one_keeps_serving(cli
     data[-10:] = b"\xff" * 10  # flip the last bytes of the weights: the sha256 no longer matches
     weights.write_bytes(bytes(data))
     refused = client.post("/v1/admin/models/reviews/promote", json={"version": card.version}, headers=auth())
-    assert refused.status_code == 409 and "sha256" in refused.json()["detail"]
+    assert refused.status_code == 409 and "does not load" in refused.json()["detail"]
+    assert str(reg.root) not in refused.text  # file paths stay in the server log
     assert reg.promoted_version("reviews") == "v1"
     assert served_version(client) == "v1"
 
@@ -261,3 +262,34 @@ def test_the_key_never_appears_in_logs_or_answers(reg, tmp_path, tokenizer_file,
     text = log.read_text(encoding="utf-8", errors="replace")
     assert "/v1/admin/models/reviews/promote" in text  # the access log did record the requests
     assert key not in text
+
+
+def test_canary_file_functions(reg, tokenizer_file):
+    from bigmodel_course.serving import RegistryError, clear_canary, set_canary
+    from bigmodel_course.serving.admin import check_admin_key
+
+    publish(reg, 6, tokenizer_file)
+    assert get_canary(reg, "reviews") is None
+    canary = set_canary(reg, "reviews", "v2", 0.3)
+    assert get_canary(reg, "reviews") == canary and (canary.version, canary.fraction) == ("v2", 0.3)
+    for fraction in (0, 1, -0.1, float("nan"), True):
+        with pytest.raises(RegistryError, match="fraction"):
+            set_canary(reg, "reviews", "v2", fraction)
+    with pytest.raises(RegistryError, match="no version 'v7'"):
+        set_canary(reg, "reviews", "v7", 0.1)
+    assert clear_canary(reg, "reviews") and not clear_canary(reg, "reviews")
+    (reg.root / "reviews" / "canary.json").write_text("{broken", encoding="utf-8")
+    with pytest.raises(RegistryError, match="unreadable"):
+        get_canary(reg, "reviews")
+    check_admin_key(None)
+    with pytest.raises(ValueError):
+        check_admin_key("k" * 15)
+
+
+def test_admin_key_from_env(monkeypatch):
+    from bigmodel_course.serving.admin import admin_key_from_env
+
+    monkeypatch.setenv(ADMIN_KEY_ENV, "")
+    assert admin_key_from_env() is None
+    monkeypatch.setenv(ADMIN_KEY_ENV, KEY)
+    assert admin_key_from_env() == KEY

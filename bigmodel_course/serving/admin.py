@@ -94,6 +94,18 @@ def _require_key(expected: str | None):
     return require
 
 
+def _preload(cache, name: str, version: str) -> None:
+    """Load a version before it takes traffic; 409 without file paths (they stay in the server log) if it does not."""
+    try:
+        cache.preload(name, version)
+    except ModelNotFoundError:
+        raise
+    except RegistryError as e:
+        logger.error("refused to route traffic to %s %s: it does not load: %s", name, version, e)
+        raise HTTPException(409, f"model {name!r} version {version} does not load (missing, corrupt or tampered "
+                                 "files); nothing was changed; the details are in the server log") from None
+
+
 def _registry_errors(e: RegistryError) -> HTTPException:
     """404 for unknown models and versions, 409 for everything the registry refused."""
     return HTTPException(404 if isinstance(e, ModelNotFoundError) else 409, str(e).split("\n")[0][:280])
@@ -169,7 +181,7 @@ def admin_router(registry: ModelRegistry, cache, admin_key: str | None) -> APIRo
     def promote(name: str, body: PromoteRequest) -> dict:
         """Load and check `version`, then promote it; a version that does not load is refused (409)."""
         try:
-            cache.preload(name, body.version)
+            _preload(cache, name, body.version)
             card = registry.promote(name, body.version)
             canary = get_canary(registry, name)
             if canary is not None and canary.version == card.version:
@@ -193,7 +205,7 @@ def admin_router(registry: ModelRegistry, cache, admin_key: str | None) -> APIRo
     def start_canary(name: str, body: CanaryRequest) -> dict:
         """Send a fraction of the requests for `name` to a candidate version (loaded and checked first)."""
         try:
-            cache.preload(name, body.version)
+            _preload(cache, name, body.version)
             canary = set_canary(registry, name, body.version, body.fraction)
         except RegistryError as e:
             raise _registry_errors(e) from None

@@ -2,8 +2,10 @@
 health and Prometheus metrics.
 
 Models are loaded lazily on first use and cached. Every request reads the model's small promoted
-pointer file, so after `promote` or `rollback` the next request loads the newly promoted version;
-no restart is needed.
+pointer file (and canary file), so after `promote` or `rollback` the next request loads the newly promoted
+version; no restart is needed. A version that does not load never replaces the one being served.
+Options: micro-batching of concurrent text requests (batching.py), admin routes behind an API key from
+the environment (admin.py), canary releases (canary.py).
 """
 
 from __future__ import annotations
@@ -178,7 +180,8 @@ def create_app(
     from .. import __version__
 
     _check_limits(max_batch, max_text_chars, max_body_bytes)
-    _check_limits(1, 1, admin_max_body_bytes)
+    if isinstance(admin_max_body_bytes, bool) or not isinstance(admin_max_body_bytes, int) or admin_max_body_bytes <= 0:
+        raise ValueError(f"admin_max_body_bytes must be a positive int, got {admin_max_body_bytes!r}")
     if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 0:
         raise ValueError(f"micro_batch must be an int ≥ 0 (0: off), got {micro_batch!r}")
     if admin_key is None:
