@@ -150,3 +150,15 @@ def test_errors_and_limits_still_apply_with_micro_batching(reg):
               {"model": "reviews", "texts": ["好"] * 65}]
     responses, _ = run(answers(create_app(reg, micro_batch=8), bodies))
     assert [r.status_code for r in responses] == [422, 404, 422]
+
+
+def test_serve_command_line_flags(capsys):
+    from bigmodel_course.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--micro-batch", "16", "--micro-batch-wait-ms", "2.5"])
+    assert (args.micro_batch, args.micro_batch_wait_ms) == (16, 2.5)
+    assert build_parser().parse_args(["serve"]).micro_batch == 0  # off by default
+    for bad in (["--micro-batch", "-1"], ["--micro-batch-wait-ms", "5000"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", *bad])
+    assert "micro-batch" in capsys.readouterr().err
