@@ -326,7 +326,7 @@ class DistillSpec:
 
 DISTILL_SPECS = {
     "ci": DistillSpec(1, 32, 1, 320, 100, 200, 32, 10, 2e-3, 5, 2.0, 0.5),
-    "full": DistillSpec(2, 64, 2, None, 600, None, 32, 1200, 1e-3, 100, 2.0, 0.5),
+    "full": DistillSpec(2, 64, 2, None, 600, None, 32, 800, 1e-3, 100, 2.0, 0.5),
 }
 STUDENT_KINDS = ("distilled", "control")
 
@@ -377,6 +377,15 @@ def student_dir(kind: str, profile: str | None = None, root: Path | None = None)
     return (root or cache_dir("students")) / f"{kind}-{get_profile(profile).name}"
 
 
+def _stale(path: Path, teacher) -> bool:
+    """True when the cached student was distilled from another version of the teacher than `teacher`."""
+    try:
+        stored = json.loads((path / "meta.json").read_text(encoding="utf-8")).get("teacher_created")
+    except (OSError, ValueError):
+        return True
+    return stored != teacher.meta.get("created")
+
+
 @dataclass
 class Student:
     """A trained student classifier with its run facts (steps, seconds, test accuracy, spec)."""
@@ -393,17 +402,19 @@ def load_student(kind: str, teacher, profile: str | None = None, root: Path | No
     when missing; published atomically."""
     profile = get_profile(profile).name
     path = student_dir(kind, profile, root)
-    if not (path / "model.safetensors").is_file():
+    if not (path / "model.safetensors").is_file() or _stale(path, teacher):
         if not train_if_missing:
-            raise FileNotFoundError(f"no {kind} student at {path}")
+            raise FileNotFoundError(f"no {kind} student distilled from this teacher at {path}")
         spec = DISTILL_SPECS[profile]
         result = train_student(teacher.model, teacher.tokenizer, spec, distill=kind == "distilled", progress=progress)
         splits = review_splits(seed=0)
         test = _subset(splits.test_texts, splits.test_labels, spec.n_test)
         meta = {"kind": kind, "profile": profile, "spec": spec.__dict__, "steps": result["steps"],
                 "best_step": result["best_step"], "train_seconds": round(result["seconds"], 1),
-                "test_accuracy": classifier_accuracy(result["model"], teacher.tokenizer, *test, teacher.model.cfg.max_len),
-                "teacher": str(teacher.path), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                "test_accuracy": classifier_accuracy(result["model"], teacher.tokenizer, *test,
+                                                     teacher.model.cfg.max_len),
+                "teacher": str(teacher.path), "teacher_created": teacher.meta.get("created"),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         with atomic_directory(path) as tmp:
             save_model(result["model"], str(tmp / "model.safetensors"))
             (tmp / "config.json").write_text(json.dumps(result["model"].cfg.to_dict(), indent=2), encoding="utf-8")

@@ -17,6 +17,7 @@ from bigmodel_course.compression import (
     is_int8,
     kept_neurons,
     load_int8,
+    load_student,
     magnitude_prune,
     prunable_linears,
     prune_ffn_neurons,
@@ -236,7 +237,8 @@ def test_bench_compression_command_runs_in_the_ci_profile(tmp_path, monkeypatch,
     torch.manual_seed(0)
     teacher_model = GPTForSequenceClassification(GPTConfig(vocab_size=len(tok), max_len=32, d_model=32, n_heads=2,
                                                            n_layers=2)).eval()
-    teacher = finetuning.SentimentClassifier(teacher_model, tok, {"test_accuracy": 0.5}, tmp_path / "teacher")
+    teacher = finetuning.SentimentClassifier(teacher_model, tok, {"test_accuracy": 0.5, "created": "v1"},
+                                             tmp_path / "teacher")
     monkeypatch.setattr(finetuning, "load_sentiment_classifier", lambda *args, **kwargs: teacher)
     assert main(["bench", "compression", "--profile", "ci", "--rounds", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -246,3 +248,7 @@ def test_bench_compression_command_runs_in_the_ci_profile(tmp_path, monkeypatch,
     for kind in ("distilled", "control"):
         meta = (student_dir(kind, "ci") / "meta.json").read_text(encoding="utf-8")
         assert '"steps": 10' in meta
+    assert load_student("control", teacher, "ci", train_if_missing=False).meta["steps"] == 10
+    teacher.meta["created"] = "another version"
+    with pytest.raises(FileNotFoundError, match="no control student distilled from this teacher"):
+        load_student("control", teacher, "ci", train_if_missing=False)
