@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -51,6 +52,20 @@ def _bench_gpt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_compression(args: argparse.Namespace) -> int:
+    from .benchmarks import bench_compression, format_compression
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = bench_compression(args.profile, args.rounds, progress=not args.no_progress)
+    print(f"compression of the fine-tuned review-sentiment GPT ({args.profile} profile) on the CPU "
+          f"({torch.get_num_threads()} threads): weights = size of the saved safetensors file; latency = median of "
+          f"{args.rounds} interleaved rounds at batch 1 (the median-length test review) and batch 32; "
+          f"accuracy on the fixed test split; ratios and Δ against the first row")
+    print(format_compression(rows))
+    return 0
+
+
 def _pretrain(args: argparse.Namespace) -> int:
     from .pretrained import load_pretrained, model_dir, pretrain
 
@@ -67,6 +82,41 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+_LAUNCH_OPTIONS = ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--master-port")
+
+
+def _without_launch_options(argv: list[str]) -> list[str]:
+    """argv minus the launcher's options (torchrun would take them for its own), for the worker processes."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _LAUNCH_OPTIONS:
+            skip = True
+        elif not arg.startswith(tuple(f"{o}=" for o in _LAUNCH_OPTIONS)):
+            out.append(arg)
+    return out
+
+
+def _train(args: argparse.Namespace) -> int:
+    from . import distributed
+
+    world = args.nproc * args.nnodes
+    if world > 1 and not distributed.under_torchrun():  # re-run this very command in world processes
+        return distributed.launch(_without_launch_options(args.argv), args.nproc, args.nnodes, args.node_rank, args.master_addr,
+                                  args.master_port)
+    meta = distributed.train_task(args.task, args.profile, args.steps, args.out, global_batch=args.batch, lr=args.lr,
+                                  seed=args.seed, dropout=args.dropout, grad_accum=args.grad_accum, bf16=args.bf16,
+                                  gradient_checkpointing=args.checkpointing, threads=args.threads or None,
+                                  progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trained {args.model} on {args.task} ({args.profile}): {meta['steps']} steps, {meta['world_size']} "
+              f"process(es) x {meta['per_process_batch']} examples x {meta['grad_accum']} micro-batches, backend "
+              f"{meta['backend'] or 'none'}, {meta['seconds_per_step'] * 1000:.0f} ms/step, loss "
+              f"{meta['losses'][0]:.3f} -> {meta['losses'][-1]:.3f}; saved to {args.out}")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     """argparse type: an int > 0."""
     try:
@@ -75,6 +125,28 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an int ≥ 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {value}")
+    return value
+
+
+def _wait_ms(text: str) -> float:
+    """argparse type: milliseconds in [0, 1000]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if not 0 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"the wait must be in [0, 1000] ms, got {value:g}")
     return value
 
 
@@ -129,28 +201,6 @@ def _bench_serve(args: argparse.Namespace) -> int:
           "(a 1-layer GPT text classifier and a 1-layer ViT), batches of 4 texts / 4 digit images, "
           "half text and half image requests:")
     print(result.format())
-def _non_negative_int(text: str) -> int:
-    """argparse type: an int ≥ 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {value}")
-    return value
-
-
-def _wait_ms(text: str) -> float:
-    """argparse type: milliseconds in [0, 1000]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
-    if not 0 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"the wait must be in [0, 1000] ms, got {value:g}")
-    return value
-
-
     return 0 if result.errors == 0 else 1
 
 
@@ -183,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     gpt.add_argument("--batch", type=int, default=16)
     _add_timing_args(gpt)
     gpt.set_defaults(func=_bench_gpt)
+    comp = which.add_parser("compression", help="pruning, int8 quantization and distillation of the sentiment GPT")
+    comp.add_argument("--profile", choices=("ci", "full"), default="full")
+    comp.add_argument("--rounds", type=int, default=30)
+    comp.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    comp.add_argument("--no-progress", action="store_true", help="no progress bar while training a missing student")
+    comp.set_defaults(func=_bench_compression)
     srv = which.add_parser("serve", help="load test of the model service with tiny random models")
     srv.add_argument("--requests", type=_positive_int, default=2000)
     srv.add_argument("--concurrency", type=_positive_int, default=16)
@@ -197,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info")
     serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
     serve.add_argument("--threads", type=_positive_int, default=1, help="torch threads per forward pass (default 1)")
+    serve.add_argument("--micro-batch", type=_non_negative_int, default=0,
+                       help="gather concurrent text requests into one forward pass of up to N texts (0: off)")
+    serve.add_argument("--micro-batch-wait-ms", type=_wait_ms, default=5.0,
+                       help="longest wait for more requests to join a micro-batch (default 5 ms)")
     serve.add_argument("--port-file", default=None, help=argparse.SUPPRESS)  # background_server reads the port here
     serve.set_defaults(func=_serve)
     registry = commands.add_parser("registry", help="list, promote or roll back the models of the registry")
@@ -210,12 +270,34 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = actions.add_parser("rollback", parents=[where], help="promote the previously promoted version again")
     rollback.add_argument("name")
     registry.set_defaults(func=_registry)
+    train = commands.add_parser("train", help="train our GPT, in one process or data-parallel (DDP via torchrun)")
+    train.add_argument("--model", choices=("gpt",), default="gpt")
+    train.add_argument("--task", choices=("lm", "sentiment"), default="lm")
+    train.add_argument("--profile", choices=("ci", "full"), default="ci")
+    train.add_argument("--steps", type=_positive_int, default=20)
+    train.add_argument("--batch", type=_positive_int, default=32, help="global batch: split over processes")
+    train.add_argument("--grad-accum", type=_positive_int, default=1, help="micro-batches per optimizer step")
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--dropout", type=float, default=0.0)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    train.add_argument("--checkpointing", action="store_true", help="activation (gradient) checkpointing")
+    train.add_argument("--threads", type=int, default=0, help="torch threads per process (default: torch's choice)")
+    train.add_argument("--nproc", type=_positive_int, default=1, help="processes on this machine (torchrun)")
+    train.add_argument("--nnodes", type=_positive_int, default=1, help="machines taking part")
+    train.add_argument("--node-rank", type=int, default=0, help="this machine's index, 0..nnodes-1")
+    train.add_argument("--master-addr", default="127.0.0.1", help="address of the node with rank 0")
+    train.add_argument("--master-port", type=_port, default=29500)
+    train.add_argument("--out", required=True, help="folder for model.safetensors and meta.json")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `bigmodel-course`."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` re-runs it under torchrun
     for name in ("batch", "length", "width", "heads", "rounds", "layers", "context", "vocab"):
         if getattr(args, name, 1) <= 0:
             print(f"bigmodel-course: --{name} must be positive, got {getattr(args, name)}", file=sys.stderr)
@@ -229,7 +311,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-    serve.add_argument("--micro-batch", type=_non_negative_int, default=0,
-                       help="gather concurrent text requests into one forward pass of up to N texts (0: off)")
-    serve.add_argument("--micro-batch-wait-ms", type=_wait_ms, default=5.0,
-                       help="longest wait for more requests to join a micro-batch (default 5 ms)")
