@@ -127,7 +127,7 @@ def inference_weight_bytes(n_params: int, dtype: str = "fp16") -> int:
 
 
 def activation_bytes(spec: ArchSpec, batch: int, seq_len: int, fused_attention: bool = False) -> int:
-    """Activation bytes kept for backward by all layers, 16-bit (Korthikanti et al.: s·b·h·(34 + 5·a·s/h) per layer)."""
+    """Activation bytes all layers keep for backward in 16-bit training (Korthikanti: s·b·h·(34 + 5·a·s/h) a layer)."""
     _check_positive(batch, "batch")
     _check_positive(seq_len, "seq_len")
     s, b, h, a = seq_len, batch, spec.d_model, spec.n_heads
@@ -162,8 +162,8 @@ def _forward_loss(model: nn.Module, batch: dict, bf16: bool = False) -> Tensor:
 def saved_activation_bytes(model: nn.Module, batch: dict, bf16: bool = False) -> int:
     """Bytes of the tensors autograd saves for backward in one forward pass (parameters excluded; exact).
 
-    Counted with torch.autograd.graph.saved_tensors_hooks, each storage once.  Tensors that activation
-    checkpointing keeps by itself (the checkpointed blocks' inputs) are not saved through these hooks.
+    Counted with torch.autograd.graph.saved_tensors_hooks, each storage once; with non-reentrant activation
+    checkpointing this counts the checkpointed blocks' inputs (saved through the hooks) and nothing inside them.
     """
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages: dict[int, int] = {}

@@ -9,6 +9,7 @@ for large arrays — a tokenised corpus, read in slices without loading the whol
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -67,7 +68,8 @@ def compare_weight_formats(model: nn.Module, folder: str | os.PathLike, rounds: 
     st = save_safetensors(model, folder / "model.safetensors")
     loaders = {
         "pickle：torch.load(weights_only=True)": (pkl, lambda: torch.load(pkl, weights_only=True)),
-        "pickle：torch.load(weights_only=True, mmap=True)": (pkl, lambda: torch.load(pkl, weights_only=True, mmap=True)),
+        "pickle：torch.load(weights_only=True, mmap=True)":
+            (pkl, lambda: torch.load(pkl, weights_only=True, mmap=True)),
         "safetensors：load_file": (st, lambda: load_file(str(st))),
     }
     times: dict[str, list[float]] = {name: [] for name in loaders}
@@ -79,13 +81,15 @@ def compare_weight_formats(model: nn.Module, folder: str | os.PathLike, rounds: 
 
 
 def weights_only_refusal(path: str | os.PathLike) -> str:
-    """Pickle a dict holding a NotAWeight to `path` and return the error torch.load(weights_only=True) raises."""
+    """Pickle a dict holding a NotAWeight to `path`; return the reason torch.load(weights_only=True) refuses it."""
     path = Path(path)
     torch.save({"weight": torch.zeros(2), "extra": NotAWeight()}, path)
     try:
         torch.load(path, weights_only=True)
     except Exception as err:  # noqa: BLE001  (UnpicklingError; its type is an implementation detail)
-        return f"{type(err).__name__}: {str(err).splitlines()[0]}"
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines() if line.strip()]
+        reason = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
+        return f"{type(err).__name__}: {reason}"
     raise RuntimeError("torch.load(weights_only=True) accepted a non-tensor object")
 
 
