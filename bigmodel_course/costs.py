@@ -127,7 +127,7 @@ def inference_weight_bytes(n_params: int, dtype: str = "fp16") -> int:
 
 
 def activation_bytes(spec: ArchSpec, batch: int, seq_len: int, fused_attention: bool = False) -> int:
-    """Activation bytes all layers keep for backward in 16-bit training (Korthikanti: s·b·h·(34 + 5·a·s/h) a layer)."""
+    """Activation bytes kept for backward in 16-bit training (Korthikanti: s·b·h·(34 + 5·a·s/h) per layer)."""
     _check_positive(batch, "batch")
     _check_positive(seq_len, "seq_len")
     s, b, h, a = seq_len, batch, spec.d_model, spec.n_heads
