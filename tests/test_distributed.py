@@ -88,3 +88,10 @@ def test_train_command_with_accumulation_and_checkpointing(tmp_path):
     assert meta["per_process_batch"] == 2 and meta["grad_accum"] == 2
     names = set(load_file(str(tmp_path / "model.safetensors")))
     assert len(names & {"lm_head.weight", "transformer.embeddings.word.weight"}) == 1  # tied: stored once
+
+
+def test_trainer_world_info_without_a_process_group():
+    from bigmodel_course.training import world_info
+
+    assert world_info() == (1, 0)
+    distributed.shutdown()  # nothing to leave: no error
