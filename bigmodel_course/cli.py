@@ -167,7 +167,8 @@ def _serve(args: argparse.Namespace) -> int:
     serve(args.registry, args.host, args.port, log_level=args.log_level, access_log=not args.no_access_log,
           port_file=args.port_file, threads=args.threads, max_batch=args.max_batch,
           max_text_chars=args.max_text_chars, max_body_bytes=args.max_body_bytes, micro_batch=args.micro_batch,
-          micro_batch_wait_ms=args.micro_batch_wait_ms)
+          micro_batch_wait_ms=args.micro_batch_wait_ms, micro_batch_workers=args.micro_batch_workers,
+          micro_batch_tokens=args.micro_batch_tokens)
     return 0
 
 
@@ -257,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="gather concurrent text requests into one forward pass of up to N texts (0: off)")
     serve.add_argument("--micro-batch-wait-ms", type=_wait_ms, default=5.0,
                        help="longest wait for more requests to join a micro-batch (default 5 ms)")
+    serve.add_argument("--micro-batch-workers", type=_positive_int, default=1,
+                       help="micro-batches computed at the same time (default 1)")
+    serve.add_argument("--micro-batch-tokens", type=_non_negative_int, default=1024,
+                       help="cut a micro-batch into forward passes of similar text lengths, each at most this many "
+                            "padded characters (0: one pass padded to the longest text; default 1024)")
     serve.add_argument("--port-file", default=None, help=argparse.SUPPRESS)  # background_server reads the port here
     serve.set_defaults(func=_serve)
     registry = commands.add_parser("registry", help="list, promote or roll back the models of the registry")

@@ -9,6 +9,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from bigmodel_course.serving import MicroBatcher, ModelRegistry, build_model, create_app
+from bigmodel_course.serving.batching import length_buckets
 from bigmodel_course.tokenization import CharTokenizer
 from bigmodel_course.transformer import GPTConfig
 
@@ -93,6 +94,58 @@ def test_models_are_batched_separately_and_errors_reach_every_waiting_request():
     assert good.calls == [2, 1] and bad.calls == [2]
 
 
+def test_length_buckets_sort_by_length_and_bound_the_padded_size():
+    texts = ["a" * n for n in (50, 3, 120, 4, 60, 5, 128)]
+    groups = length_buckets(texts, max_tokens=130)
+    assert sorted(i for g in groups for i in g) == list(range(len(texts)))  # every text exactly once
+    for group in groups:
+        assert len(group) == 1 or len(group) * max(len(texts[i]) for i in group) <= 130
+    assert groups[0] == [1, 3, 5]  # the three shortest share one pass
+    assert length_buckets(["abc"] * 3, max_tokens=1) == [[0], [1], [2]]
+    with pytest.raises(ValueError, match="max_tokens"):
+        length_buckets(texts, max_tokens=0)
+
+
+def test_split_batches_answer_in_input_order_and_workers_run_in_parallel():
+    class Sizes(Recorder):
+        def predict(self, inputs):
+            self.calls.append(sorted(len(x) for x in inputs))
+            return [x.upper() for x in inputs]
+
+    model = Sizes()
+    texts = ["a" * n for n in (30, 2, 31, 3)]
+
+    async def main():
+        batcher = MicroBatcher(max_items=64, max_wait_s=0.05, split=lambda xs: length_buckets(xs, 64))
+        out = await asyncio.gather(*(batcher.submit(model, [t]) for t in texts))
+        await batcher.aclose()
+        return out
+
+    assert run(main()) == [[t.upper()] for t in texts]
+    assert model.calls == [[2, 3], [30, 31]]
+
+    import threading
+    import time
+
+    class Slow(Recorder):
+        def predict(self, inputs):
+            self.calls.append(threading.get_ident())
+            time.sleep(0.2)
+            return inputs
+
+    slow = Slow()
+
+    async def two():
+        batcher = MicroBatcher(max_items=1, max_wait_s=0, workers=2)
+        start = asyncio.get_running_loop().time()
+        await asyncio.gather(batcher.submit(slow, [1]), batcher.submit(slow, [2]))
+        elapsed = asyncio.get_running_loop().time() - start
+        await batcher.aclose()
+        return elapsed
+
+    assert run(two()) < 0.35 and len(set(slow.calls)) == 2  # two forward passes at the same time
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="max_items"):
         MicroBatcher(max_items=0)
@@ -100,8 +153,12 @@ def test_bad_arguments_are_named():
         MicroBatcher(max_wait_s=2)
     with pytest.raises(ValueError, match="inputs is empty"):
         run(MicroBatcher().submit(Recorder(), []))
+    with pytest.raises(ValueError, match="workers"):
+        MicroBatcher(workers=0)
     with pytest.raises(ValueError, match="micro_batch"):
         create_app(None, micro_batch=-1)
+    with pytest.raises(ValueError, match="micro_batch_tokens"):
+        create_app(None, micro_batch=4, micro_batch_tokens=-1)
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +190,9 @@ def test_the_service_with_micro_batching_answers_like_the_service_without(reg):
     bodies = [{"model": "reviews", "texts": [TEXTS[i % len(TEXTS)]] * (1 + i % 3)} for i in range(24)]
     plain, _ = run(answers(create_app(reg), bodies))
     batched, metrics = run(answers(create_app(reg, micro_batch=32, micro_batch_wait_ms=50), bodies))
-    assert all(r.status_code == 200 for r in plain + batched)
-    for a, b in zip(plain, batched):
+    unsplit, _ = run(answers(create_app(reg, micro_batch=32, micro_batch_wait_ms=50, micro_batch_tokens=0), bodies))
+    assert all(r.status_code == 200 for r in plain + batched + unsplit)
+    for a, b in [*zip(plain, batched), *zip(plain, unsplit)]:
         pa, pb = a.json()["predictions"], b.json()["predictions"]
         assert [p["label"] for p in pa] == [p["label"] for p in pb]
         for x, y in zip(pa, pb):  # padding to a longer batch changes nothing beyond float rounding
@@ -155,8 +213,9 @@ def test_errors_and_limits_still_apply_with_micro_batching(reg):
 def test_serve_command_line_flags(capsys):
     from bigmodel_course.cli import build_parser
 
-    args = build_parser().parse_args(["serve", "--micro-batch", "16", "--micro-batch-wait-ms", "2.5"])
-    assert (args.micro_batch, args.micro_batch_wait_ms) == (16, 2.5)
+    args = build_parser().parse_args(["serve", "--micro-batch", "16", "--micro-batch-wait-ms", "2.5",
+                                      "--micro-batch-workers", "2", "--micro-batch-tokens", "0"])
+    assert (args.micro_batch, args.micro_batch_wait_ms, args.micro_batch_workers, args.micro_batch_tokens) == (16, 2.5, 2, 0)
     assert build_parser().parse_args(["serve"]).micro_batch == 0  # off by default
     for bad in (["--micro-batch", "-1"], ["--micro-batch-wait-ms", "5000"]):
         with pytest.raises(SystemExit):

@@ -15,6 +15,7 @@ import random
 import threading
 import time
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,7 +26,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .admin import ADMIN_PREFIX, admin_key_from_env, admin_router
-from .batching import MicroBatcher
+from .batching import MicroBatcher, length_buckets
 from .canary import get_canary
 from .loaded import LoadedModel
 from .metrics import ServiceMetrics
@@ -167,14 +168,17 @@ def create_app(
     max_body_bytes: int = 1_000_000,
     micro_batch: int = 0,
     micro_batch_wait_ms: float = 5.0,
+    micro_batch_workers: int = 1,
+    micro_batch_tokens: int = 1024,
     admin_key: str | None = None,
     admin_max_body_bytes: int = 64_000_000,
     canary_seed: int | None = None,
 ) -> FastAPI:
     """The service over `registry` (a ModelRegistry, a registry folder, or None for the default registry).
 
-    micro_batch > 0 gathers concurrent text requests for up to `micro_batch_wait_ms` or `micro_batch` texts
-    into one forward pass. admin_key (None: read BIGMODEL_ADMIN_KEY; unset: admin routes disabled) protects
+    micro_batch > 0 gathers concurrent text requests for up to `micro_batch_wait_ms` or `micro_batch` texts;
+    `micro_batch_workers` batches run at a time, each cut into forward passes of similar text lengths of at most
+    `micro_batch_tokens` padded characters (0: one forward pass per batch, padded to its longest text). admin_key (None: read BIGMODEL_ADMIN_KEY; unset: admin routes disabled) protects
     the /v1/admin routes, whose bodies (model uploads) may be up to admin_max_body_bytes.
     """
     from .. import __version__
@@ -184,6 +188,8 @@ def create_app(
         raise ValueError(f"admin_max_body_bytes must be a positive int, got {admin_max_body_bytes!r}")
     if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 0:
         raise ValueError(f"micro_batch must be an int ≥ 0 (0: off), got {micro_batch!r}")
+    if isinstance(micro_batch_tokens, bool) or not isinstance(micro_batch_tokens, int) or micro_batch_tokens < 0:
+        raise ValueError(f"micro_batch_tokens must be an int ≥ 0 (0: no length buckets), got {micro_batch_tokens!r}")
     if admin_key is None:
         admin_key = admin_key_from_env()
     if not isinstance(registry, ModelRegistry):
@@ -195,7 +201,9 @@ def create_app(
         def count_batch(model: LoadedModel, requests: int, items: int) -> None:
             metrics.batch_requests.observe(requests)
 
-        batcher = MicroBatcher(micro_batch, micro_batch_wait_ms / 1000, on_batch=count_batch)
+        split = partial(length_buckets, max_tokens=micro_batch_tokens) if micro_batch_tokens else None
+        batcher = MicroBatcher(micro_batch, micro_batch_wait_ms / 1000, on_batch=count_batch,
+                               workers=micro_batch_workers, split=split)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -1,18 +1,37 @@
-"""Micro-batching: concurrent requests wait a few milliseconds in an asyncio queue and share one forward pass.
+"""Micro-batching: concurrent requests wait a few milliseconds in an asyncio queue and share forward passes.
 
-One worker task takes the first waiting request, gathers more until it holds `max_items` inputs or
-`max_wait_s` has passed, runs one `predict` per model over all gathered inputs in a worker thread, and
-hands every request its own slice of the predictions. While a forward pass runs, new requests queue up
-and form the next batch, so under load the batches grow by themselves.
+A worker task takes the first waiting request, gathers more until it holds `max_items` inputs or
+`max_wait_s` has passed, runs `predict` per model over the gathered inputs in a worker thread, and hands
+every request its own slice of the predictions. While a forward pass runs, new requests queue up and form
+the next batch, so under load the batches grow by themselves. `workers` tasks share the queue (one
+forward pass each at a time, e.g. one per CPU core). Texts of very different lengths are padded to the
+longest one in a batch, so an optional `split` (e.g. `length_buckets`) cuts a gathered batch into
+forward passes of similar lengths.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from starlette.concurrency import run_in_threadpool
+
+
+def length_buckets(texts: Sequence[str], max_tokens: int = 1024) -> list[list[int]]:
+    """Indices of `texts` sorted by length and cut into groups whose padded size (count × longest) ≤ max_tokens."""
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
+        raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(texts)), key=lambda i: len(texts[i])):
+        if current and (len(current) + 1) * len(texts[i]) > max_tokens:
+            groups.append(current)
+            current = []
+        current.append(i)
+    if current:
+        groups.append(current)
+    return groups
 
 
 @dataclass
@@ -28,20 +47,26 @@ class MicroBatcher:
     """Gather concurrent `submit(model, inputs)` calls into one `model.predict` call per model."""
 
     def __init__(self, max_items: int = 32, max_wait_s: float = 0.005,
-                 on_batch: Callable[[object, int, int], None] | None = None) -> None:
-        if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items <= 0:
-            raise ValueError(f"max_items must be a positive int, got {max_items!r}")
+                 on_batch: Callable[[object, int, int], None] | None = None, workers: int = 1,
+                 split: Callable[[list], list[list[int]]] | None = None) -> None:
+        for name, value in (("max_items", max_items), ("workers", workers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         if isinstance(max_wait_s, bool) or not isinstance(max_wait_s, (int, float)) or not 0 <= max_wait_s <= 1:
             raise ValueError(f"max_wait_s must be a number of seconds in [0, 1], got {max_wait_s!r}")
         self.max_items, self.max_wait_s, self.on_batch = max_items, float(max_wait_s), on_batch
+        self.workers, self.split = workers, split
         self._queue: asyncio.Queue[_Job] | None = None
-        self._worker: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
 
     def _start(self) -> asyncio.Queue:
-        """The queue, with its worker task started in the running event loop on first use."""
-        if self._worker is None or self._worker.done():
+        """The queue, with its worker tasks started in the running event loop on first use."""
+        if not self._tasks or any(t.done() for t in self._tasks):
+            for task in self._tasks:
+                task.cancel()
             self._queue = asyncio.Queue()
-            self._worker = asyncio.get_running_loop().create_task(self._run())
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._run()) for _ in range(self.workers)]
         return self._queue
 
     async def submit(self, model, inputs: list) -> list:
@@ -87,7 +112,7 @@ class MicroBatcher:
         model = group[0].model
         inputs = [x for job in group for x in job.inputs]
         try:
-            predictions = await run_in_threadpool(model.predict, inputs)
+            predictions = await run_in_threadpool(self._predict_all, model, inputs)
         except Exception as e:  # the error goes to every waiting request; the worker keeps running
             for job in group:
                 if not job.future.done():
@@ -102,12 +127,23 @@ class MicroBatcher:
                 job.future.set_result(predictions[start:end])
             start = end
 
+    def _predict_all(self, model, inputs: list) -> list:
+        """model.predict over all inputs: one call, or one per group of `split`, in input order."""
+        if self.split is None:
+            return model.predict(inputs)
+        out: list = [None] * len(inputs)
+        for indices in self.split(inputs):
+            for i, prediction in zip(indices, model.predict([inputs[i] for i in indices])):
+                out[i] = prediction
+        return out
+
     async def aclose(self) -> None:
-        """Stop the worker task (at application shutdown)."""
-        if self._worker is not None and not self._worker.done():
-            self._worker.cancel()
+        """Stop the worker tasks (at application shutdown)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             try:
-                await self._worker
+                await task
             except asyncio.CancelledError:
                 pass
-        self._worker = None
+        self._tasks = []
