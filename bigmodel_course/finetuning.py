@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from .data import ClassificationDataset, review_splits
 from .evaluation import accuracy
-from .pretrained import Pretrained, load_pretrained
+from .pretrained import Pretrained, load_pretrained, read_model_folder
 from .tokenization import CharTokenizer
 from .training import Trainer, TrainConfig
 from .transformer import EncoderConfig, EncoderForSequenceClassification, GPTConfig, GPTForSequenceClassification
@@ -232,13 +232,7 @@ def load_sentiment_classifier(kind: str = "gpt", profile: str | None = None, roo
         if not train_if_missing:
             raise FileNotFoundError(f"no fine-tuned {kind} sentiment classifier at {path}")
         train_sentiment_classifier(kind, profile, root, progress)
-    try:
-        cfg_cls = EncoderConfig if kind == "bert" else GPTConfig
-        cfg = cfg_cls.from_dict(json.loads((path / "config.json").read_text(encoding="utf-8")))
-        model = EncoderForSequenceClassification(cfg) if kind == "bert" else GPTForSequenceClassification(cfg)
-        load_model(model, str(path / "model.safetensors"))
-        tokenizer = CharTokenizer.load(path / "tokenizer.json")
-        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise ValueError(f"the sentiment classifier at {path} is unreadable ({err}); delete it to retrain") from err
-    return SentimentClassifier(model.eval(), tokenizer, meta, path)
+    cfg_cls, build = (EncoderConfig, EncoderForSequenceClassification) if kind == "bert" else \
+        (GPTConfig, GPTForSequenceClassification)
+    model, tokenizer, meta = read_model_folder(path, cfg_cls, build, f"the {kind} sentiment classifier")
+    return SentimentClassifier(model, tokenizer, meta, path)

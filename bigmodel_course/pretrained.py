@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -199,14 +199,26 @@ def load_pretrained(kind: str, profile: str | None = None, root: Path | None = N
             raise FileNotFoundError(f"no pre-trained {kind} for profile {profile!r} at {path}; "
                                     f"run `bigmodel-course pretrain --model {kind} --profile {profile}`")
         pretrain(kind, profile, root, progress)
+    build = EncoderForPreTraining if kind == "bert" else GPT
+    model, tokenizer, meta = read_model_folder(path, EncoderConfig if kind == "bert" else GPTConfig, build,
+                                               f"the pre-trained {kind}")
     try:
-        cfg_cls = EncoderConfig if kind == "bert" else GPTConfig
+        history = json.loads((path / "history.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"the pre-trained {kind} at {path} is unreadable ({err}); delete it to retrain") from err
+    return Pretrained(model, tokenizer, history, meta, path)
+
+
+def read_model_folder(path: Path, cfg_cls: type, build: Callable, what: str):
+    """Read (model in eval mode, tokenizer, meta) from a cache folder of config/model/tokenizer/meta files.
+
+    Any unreadable file raises ValueError naming `what` and the folder (delete it to retrain)."""
+    try:
         cfg = cfg_cls.from_dict(json.loads((path / "config.json").read_text(encoding="utf-8")))
-        model = EncoderForPreTraining(cfg) if kind == "bert" else GPT(cfg)
+        model = build(cfg)
         load_model(model, str(path / "model.safetensors"))
         tokenizer = CharTokenizer.load(path / "tokenizer.json")
-        history = json.loads((path / "history.json").read_text(encoding="utf-8"))
         meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise ValueError(f"the pre-trained {kind} at {path} is unreadable ({err}); delete it to retrain") from err
-    return Pretrained(model.eval(), tokenizer, history, meta, path)
+        raise ValueError(f"{what} at {path} is unreadable ({err}); delete it to retrain") from err
+    return model.eval(), tokenizer, meta
