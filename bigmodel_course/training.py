@@ -24,9 +24,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from contextlib import nullcontext
 from typing import Callable, Iterator
 
 import torch
