@@ -117,48 +117,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an int > 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _bounded(convert: type, ok, expected: str, out_of_range: str):
+    """An argparse type: `convert(text)` that must satisfy `ok`, with messages naming what was expected."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{out_of_range}, got {value:g}" if convert is float
+                                             else f"{out_of_range}, got {value}")
+        return value
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    """argparse type: an int ≥ 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {value}")
-    return value
-
-
-def _wait_ms(text: str) -> float:
-    """argparse type: milliseconds in [0, 1000]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
-    if not 0 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"the wait must be in [0, 1000] ms, got {value:g}")
-    return value
-
-
-def _port(text: str) -> int:
-    """argparse type: a TCP port 0..65535 (0 = any free port)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {value}")
-    return value
+_positive_int = _bounded(int, lambda v: v > 0, "expected a positive integer", "expected a positive integer")
+_non_negative_int = _bounded(int, lambda v: v >= 0, "expected an integer ≥ 0", "expected an integer ≥ 0")
+_wait_ms = _bounded(float, lambda v: 0 <= v <= 1000, "expected milliseconds", "the wait must be in [0, 1000] ms")
+_port = _bounded(int, lambda v: 0 <= v <= 65535, "expected a port number", "port must be in 0..65535")  # 0: any free
 
 
 def _serve(args: argparse.Namespace) -> int:
