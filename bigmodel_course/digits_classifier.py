@@ -1,0 +1,113 @@
+"""Chapter 4's supervised digit classifier (ResNet-18 for 8×8 images), trained once per profile and cached."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch.utils.data import DataLoader, Subset
+
+from .data.vision import DigitsDataset, digits_augmentation, digits_splits
+from .evaluation import accuracy, classification_metrics
+from .training import Trainer, TrainConfig
+from .utils import atomic_directory, cache_dir, get_profile, seed_everything
+from .vision import ResNetForImageClassification
+
+
+@dataclass(frozen=True)
+class DigitsRecipe:
+    """Chapter 4's ResNet-18 recipe: AdamW, warm-up + cosine, augmentation, validation-selected weights."""
+
+    n_train: int | None  # first n training images; None = the whole training part
+    epochs: int
+    patience: int | None  # evaluations without a better validation accuracy before stopping
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    batch_size: int = 64
+
+
+RECIPES = {"ci": DigitsRecipe(n_train=300, epochs=1, patience=None),
+           "full": DigitsRecipe(n_train=None, epochs=15, patience=10)}
+
+
+@dataclass
+class DigitsClassifier:
+    """The trained classifier (eval mode, CPU), its input normalisation and run facts (test accuracy, steps)."""
+
+    model: ResNetForImageClassification
+    meta: dict
+    path: Path
+
+    @property
+    def preprocessing(self) -> dict:
+        """Pixel statistics of the training part: {"mean": ..., "std": ...} (raw 0–16 scale)."""
+        return self.meta["preprocessing"]
+
+
+def digits_dir(profile: str | None = None, root: Path | None = None) -> Path:
+    """Cache folder of the digit classifier of a profile."""
+    return (root or cache_dir("digits")) / f"resnet18-{get_profile(profile).name}"
+
+
+@torch.no_grad()
+def _test_accuracy(model: torch.nn.Module, dataset: DigitsDataset) -> float:
+    model.eval()
+    loader = DataLoader(dataset, batch_size=512)
+    pred = torch.cat([model(b["pixel_values"]).logits.argmax(-1) for b in loader])
+    return accuracy(pred, dataset.labels)
+
+
+def train_digits_classifier(profile: str | None = None, root: Path | None = None, progress: bool = False) -> Path:
+    """Train ResNet-18 on the digits training part with Chapter 4's recipe and publish it atomically; returns the folder."""
+    name = get_profile(profile).name
+    recipe = RECIPES[name]
+    splits = digits_splits(test_size=0.2, val_size=0.15, seed=0)
+    train = DigitsDataset(splits.x_train, splits.y_train, splits.mean, splits.std, transform=digits_augmentation())
+    if recipe.n_train is not None:
+        train = Subset(train, range(recipe.n_train))
+    val = DigitsDataset(splits.x_val, splits.y_val, splits.mean, splits.std)
+    test = DigitsDataset(splits.x_test, splits.y_test, splits.mean, splits.std)
+    seed_everything(0)
+    model = ResNetForImageClassification(num_classes=10, in_channels=1)
+    train_loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True)
+    steps = recipe.epochs * len(train_loader)
+    config = TrainConfig(lr=recipe.lr, weight_decay=recipe.weight_decay, epochs=recipe.epochs,
+                         warmup_steps=max(1, steps // 20), eval_every=len(train_loader), monitor="eval_accuracy",
+                         mode="max", early_stopping_patience=recipe.patience, restore_best=True,
+                         progress=progress, seed=0)
+    trainer = Trainer(model, config, train_loader, DataLoader(val, batch_size=512), metrics_fn=classification_metrics)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    model = model.cpu().eval()
+    meta = {"profile": name, "recipe": recipe.__dict__, "architecture": "resnet18_small",
+            "test_accuracy": _test_accuracy(model, test), "val_accuracy": float(trainer.best_metric),
+            "steps": trainer.step, "train_seconds": round(seconds, 1),
+            "preprocessing": {"mean": splits.mean, "std": splits.std}, "config": model.config,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    target = digits_dir(name, root)
+    with atomic_directory(target) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return target
+
+
+def load_digits_classifier(profile: str | None = None, root: Path | None = None, train_if_missing: bool = True,
+                           progress: bool = False) -> DigitsClassifier:
+    """Load the cached digit classifier of a profile, training it first when missing."""
+    path = digits_dir(profile, root)
+    if not (path / "model.safetensors").is_file():
+        if not train_if_missing:
+            raise FileNotFoundError(f"no trained digit classifier at {path}")
+        train_digits_classifier(profile, root, progress)
+    try:
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        model = ResNetForImageClassification(**meta["config"])
+        load_model(model, str(path / "model.safetensors"))
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
+        raise ValueError(f"the digit classifier at {path} is unreadable ({err}); delete it to retrain") from err
+    return DigitsClassifier(model.eval(), meta, path)
