@@ -116,3 +116,60 @@ def generate(model: nn.Module, input_ids: Tensor, config: GenerationConfig | Non
     finally:
         model.train(was_training)
     return ids
+
+
+# --- measuring generated text ---------------------------------------------------------------------
+
+
+def _ngrams(tokens: Sequence, n: int) -> list[tuple]:
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(samples: Sequence[Sequence], n: int) -> float:
+    """Distinct-n over a set of samples: unique n-grams / all n-grams (0.0 when there are none)."""
+    grams = [g for s in samples for g in _ngrams(s, n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repeated_ngram_rate(tokens: Sequence, n: int) -> float:
+    """Share of a sample's n-grams that already occurred earlier in the same sample (0.0 when it has none)."""
+    grams = _ngrams(tokens, n)
+    seen: set[tuple] = set()
+    repeats = 0
+    for g in grams:
+        repeats += g in seen
+        seen.add(g)
+    return repeats / len(grams) if grams else 0.0
+
+
+@torch.no_grad()
+def continuation_logprobs(model: nn.Module, ids: Tensor, prompt_len: int, pad_id: int | None = None) -> Tensor:
+    """Mean log-probability per token of each row's continuation (positions >= prompt_len, pads skipped) under `model`."""
+    if ids.dim() != 2 or not 0 < prompt_len < ids.shape[1]:
+        raise ValueError(f"need (batch, length) ids with 0 < prompt_len < length, got {tuple(ids.shape)}, {prompt_len}")
+    if ids.shape[1] > model.cfg.max_len:
+        raise ValueError(f"sequence of {ids.shape[1]} tokens exceeds the context max_len={model.cfg.max_len}")
+    pad = model.cfg.pad_token_id if pad_id is None else pad_id
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(ids).logits[:, :-1].float()
+    finally:
+        model.train(was_training)
+    targets = ids[:, 1:]
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    keep = targets != pad
+    keep[:, : prompt_len - 1] = False
+    return (logp * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)
+
+
+def kv_cache_bytes(n_layers: int, batch: int, length: int, d_model: int, bytes_per_value: int = 4) -> int:
+    """Memory of a KV cache: keys and values (2) per layer, batch, position and model width."""
+    return 2 * n_layers * batch * length * d_model * bytes_per_value
+
+
+def cache_nbytes(cache: Sequence) -> int:
+    """Bytes actually held by the key and value tensors of a model's KV cache (list of `KVCache`)."""
+    return sum(t.numel() * t.element_size() for layer in cache for t in (layer.k, layer.v) if t is not None)

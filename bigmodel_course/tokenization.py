@@ -6,7 +6,8 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -328,3 +329,66 @@ def remove_stopwords(words: Iterable[str], stopwords: Iterable[str]) -> list[str
         raise ValueError("words must be a list of words, not a single str (segment it first)")
     stop = stopwords if isinstance(stopwords, (set, frozenset)) else set(stopwords)
     return [w for w in words if w not in stop]
+
+
+# --- tokenizer fertility --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fertility:
+    """How many tokens a tokenizer spends on a text collection, and how many of them are unknown."""
+
+    n_texts: int
+    n_chars: int  # characters other than whitespace
+    n_words: int
+    n_tokens: int
+    n_unk: int
+
+    @property
+    def tokens_per_char(self) -> float:
+        """Tokens per non-space character."""
+        return self.n_tokens / self.n_chars
+
+    @property
+    def tokens_per_word(self) -> float:
+        """Tokens per word (the fertility of Rust et al. 2021)."""
+        return self.n_tokens / self.n_words
+
+    @property
+    def unk_rate(self) -> float:
+        """Share of tokens that are the unknown token."""
+        return self.n_unk / self.n_tokens if self.n_tokens else 0.0
+
+
+def whitespace_words(text: str) -> list[str]:
+    """Words of a space-separated language (English): the text split on whitespace."""
+    return text.split()
+
+
+def fertility(texts: Iterable[str], tokenize: Callable[[str], list[str]], words: Callable[[str], list[str]],
+              unk_token: str = UNK) -> Fertility:
+    """Count characters, words (by `words`), tokens (by `tokenize`, no special tokens) and `unk_token`s over texts."""
+    if isinstance(texts, str):
+        raise ValueError("texts must be a collection of str, not a single str")
+    n = chars = n_words = tokens = unk = 0
+    for text in texts:
+        _check_text(text, f"texts[{n}]")
+        toks = tokenize(text)
+        n += 1
+        chars += sum(not c.isspace() for c in text)
+        n_words += len(words(text))
+        tokens += len(toks)
+        unk += sum(t == unk_token for t in toks)
+    if n == 0 or chars == 0:
+        raise ValueError("texts is empty: nothing to measure")
+    return Fertility(n, chars, n_words, tokens, unk)
+
+
+def char_tokens(tokenizer: CharTokenizer) -> Callable[[str], list[str]]:
+    """A `tokenize` function for `fertility`: the CharTokenizer's tokens of a text, whitespace kept."""
+    return lambda text: [tokenizer.id_to_token(i) for i in tokenizer.encode(text, add_special=False)]
+
+
+def bpe_tokens(tokenizer) -> Callable[[str], list[str]]:
+    """A `tokenize` function for `fertility`: a `tokenizers.Tokenizer`'s tokens without special tokens."""
+    return lambda text: tokenizer.encode(text, add_special_tokens=False).tokens

@@ -89,3 +89,38 @@ def test_generate_restores_training_mode(model):
     model.train()
     generate(model, torch.randint(0, 60, (1, 3)), max_new_tokens=2)
     assert model.training
+
+
+def test_distinct_n_and_repeated_ngram_rate_by_hand():
+    from bigmodel_course.generation import distinct_n, repeated_ngram_rate
+
+    samples = ["好好好", "好的"]  # unigrams 好 好 好 好 的: 2 unique of 5; bigrams 好好 好好 好的: 2 of 3
+    assert distinct_n(samples, 1) == pytest.approx(2 / 5) and distinct_n(samples, 2) == pytest.approx(2 / 3)
+    assert repeated_ngram_rate("abcabc", 3) == pytest.approx(1 / 4)  # abc bca cab abc: the last repeats
+    assert repeated_ngram_rate("ab", 3) == 0.0 and distinct_n([], 1) == 0.0
+    with pytest.raises(ValueError, match="n must be"):
+        distinct_n(["ab"], 0)
+
+
+def test_continuation_logprobs_match_a_manual_loop(model):
+    from bigmodel_course.generation import continuation_logprobs
+
+    ids = generate(model, torch.randint(1, 60, (2, 4)), max_new_tokens=6, do_sample=True, seed=0)
+    ids[1, -2:] = model.cfg.pad_token_id  # a stopped row: its pads do not count
+    got = continuation_logprobs(model, ids, prompt_len=4)
+    for row, n in ((0, 10), (1, 8)):
+        logps = [torch.log_softmax(model(ids[row:row + 1, :t]).logits[0, -1], -1)[ids[row, t]] for t in range(4, n)]
+        assert got[row].item() == pytest.approx(torch.stack(logps).mean().item(), abs=1e-5)
+    with pytest.raises(ValueError, match="prompt_len"):
+        continuation_logprobs(model, ids, prompt_len=0)
+
+
+def test_kv_cache_bytes_formula_equals_the_tensors(model):
+    from bigmodel_course.generation import cache_nbytes, kv_cache_bytes
+
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(torch.randint(0, 60, (3, 7)), kv_cache=cache)
+        model(torch.randint(0, 60, (3, 1)), kv_cache=cache)
+    cfg = model.cfg
+    assert cache_nbytes(cache) == kv_cache_bytes(cfg.n_layers, 3, 8, cfg.d_model) == 2 * 2 * 3 * 8 * 32 * 4

@@ -215,3 +215,21 @@ def test_segment_and_stopwords():
         segment("")
     with pytest.raises(ValueError, match="single str"):
         remove_stopwords("的", stop)
+
+
+def test_fertility_counts_by_hand(tok):
+    from bigmodel_course.tokenization import Fertility, bpe_tokens, char_tokens, fertility, whitespace_words
+
+    f = fertility(["ab cd", "ef"], tokenize=list, words=whitespace_words)
+    assert f == Fertility(n_texts=2, n_chars=6, n_words=3, n_tokens=7, n_unk=0)  # list() keeps the space
+    assert f.tokens_per_char == pytest.approx(7 / 6) and f.tokens_per_word == pytest.approx(7 / 3)
+    small = CharTokenizer.train(["好书"])
+    g = fertility(["好书好吗"], char_tokens(small), segment)
+    assert g.n_tokens == 4 and g.n_unk == 1 and g.unk_rate == pytest.approx(0.25)
+    bpe = train_bpe(CORPUS * 20, vocab_size=300)
+    h = fertility(["这本书写得很好"], bpe_tokens(bpe), segment)
+    assert h.n_unk == 0 and h.n_tokens == len(bpe.encode("这本书写得很好", add_special_tokens=False).ids)
+    with pytest.raises(ValueError, match="empty"):
+        fertility([], list, whitespace_words)
+    with pytest.raises(ValueError, match="single str"):
+        fertility("abc", list, whitespace_words)
