@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import ClassificationDataset, review_splits
 from .evaluation import accuracy
+from .finetuning import predict, text_loader
 from .tokenization import CharTokenizer
 from .training import TrainConfig, Trainer
 from .transformer import FeedForward, GPTConfig, GPTForSequenceClassification
@@ -291,13 +292,7 @@ class _WithTeacher(Dataset):
 def classifier_logits(model: nn.Module, tokenizer: CharTokenizer, texts: list[str], max_len: int,
                       batch_size: int = 128) -> Tensor:
     """Logits (N, C) of a text classifier over texts, in order (model set to eval mode)."""
-    ds = ClassificationDataset(texts, [0] * len(texts), tokenizer, max_len)
-    model.eval()
-    out = []
-    for batch in DataLoader(ds, batch_size=batch_size, collate_fn=ds.collate):
-        batch.pop("labels")
-        out.append(model(**batch).logits.float())
-    return torch.cat(out)
+    return predict(model, text_loader((texts, [0] * len(texts)), tokenizer, max_len, batch_size))[0]
 
 
 def classifier_accuracy(model: nn.Module, tokenizer: CharTokenizer, texts: list[str], labels: list[int],

@@ -99,7 +99,9 @@ def predict(model: torch.nn.Module, loader: DataLoader) -> tuple[torch.Tensor, t
     """Logits (N, C) and true labels (N,) over a loader of classification batches (model left in eval mode)."""
     model.eval()
     logits, trues = [], []
-    device = next(model.parameters()).device
+    # int8 dynamically quantized modules keep their weights packed (no parameters): they run on the CPU
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
     with torch.no_grad():
         for batch in loader:
             labels = batch.pop("labels")
