@@ -200,3 +200,61 @@ def format_compression(rows: list[CompressionRow]) -> str:
                      f"{ref.ms_batch1 / r.ms_batch1:>7.2f}x{r.ms_batch32:>9.2f}{ref.ms_batch32 / r.ms_batch32:>7.2f}x"
                      f"{r.accuracy:>10.2%}{100 * (r.accuracy - ref.accuracy):>+10.2f}")
     return "\n".join(lines)
+
+
+@dataclass
+class GenerateBench:
+    """Greedy decoding time with and without the KV cache, and the model it was measured on."""
+
+    results: list[BenchResult]
+    prompt_len: int
+    new_tokens: int
+    n_params: int
+    cache_mb: float
+
+
+def bench_generate(
+    n_layers: int = 4, width: int = 128, heads: int = 4, vocab: int = 4736, prompt_len: int = 16,
+    new_tokens: int = 256, rounds: int = 5, device: torch.device | None = None,
+) -> GenerateBench:
+    """Greedy generation of `new_tokens` after a random prompt, uncached vs KV-cached, randomly initialised GPT."""
+    from .generation import cache_nbytes, generate
+    from .transformer import GPT, GPTConfig
+
+    if prompt_len < 1 or new_tokens < 1:
+        raise ValueError(f"prompt_len and new_tokens must be >= 1, got {prompt_len} and {new_tokens}")
+    device = device or torch.device("cpu")
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=vocab, max_len=prompt_len + new_tokens, d_model=width, n_heads=heads,
+                    n_layers=n_layers, dropout=0.0, attn_dropout=0.0)
+    model = GPT(cfg).to(device).eval()
+    prompt = torch.randint(1, vocab, (1, prompt_len), device=device)
+    outputs = {}
+
+    def run(use_cache: bool) -> Callable[[], None]:
+        def step() -> None:
+            outputs[use_cache] = generate(model, prompt, max_new_tokens=new_tokens, use_cache=use_cache)
+        return step
+
+    medians = time_interleaved({"without KV cache": run(False), "with KV cache": run(True)}, device, rounds, warmup=1)
+    if not torch.equal(outputs[True], outputs[False]):
+        raise RuntimeError("cached and uncached greedy outputs differ")
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(outputs[True][:, :-1], kv_cache=cache)
+    ref = medians["without KV cache"]
+    results = [BenchResult(name, 1e3 * t, t / ref) for name, t in medians.items()]
+    n_params = sum(p.numel() for p in model.parameters())
+    return GenerateBench(results, prompt_len, new_tokens, n_params, cache_nbytes(cache) / 2**20)
+
+
+def format_generate(bench: GenerateBench) -> str:
+    """A plain-text table of the generation benchmark with the KV cache's speed-up."""
+    plain, cached = bench.results
+    lines = [f"{'decoding':<20}{'median ms':>12}{'ms/token':>10}{'speed-up':>10}"]
+    for r in bench.results:
+        lines.append(f"{r.name:<20}{r.median_ms:>12.1f}{r.median_ms / bench.new_tokens:>10.2f}"
+                     f"{plain.median_ms / r.median_ms:>9.2f}x")
+    lines.append(f"KV cache speed-up for {bench.new_tokens} new tokens: {plain.median_ms / cached.median_ms:.2f}x "
+                 f"(cache holds {bench.cache_mb:.2f} MiB at the end)")
+    return "\n".join(lines)

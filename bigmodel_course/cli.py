@@ -66,6 +66,22 @@ def _bench_compression(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_generate(args: argparse.Namespace) -> int:
+    from .benchmarks import bench_generate, format_generate
+
+    device = _device(args)
+    bench = bench_generate(args.layers, args.width, args.heads, args.vocab, args.prompt, args.new_tokens,
+                           args.rounds, device)
+    print(f"greedy generation on {device} ({torch.get_num_threads()} threads) of {bench.new_tokens} new tokens "
+          f"after a {bench.prompt_len}-token prompt, batch 1: a randomly initialised GPT ({args.layers} layers, "
+          f"width {args.width}, {args.heads} heads, vocabulary {args.vocab}, "
+          f"context {bench.prompt_len + bench.new_tokens}, "
+          f"{bench.n_params:,} parameters; random weights: the time does not depend on them), "
+          f"median of {args.rounds} interleaved rounds; both runs produce the same tokens")
+    print(format_generate(bench))
+    return 0
+
+
 def _pretrain(args: argparse.Namespace) -> int:
     from .pretrained import load_pretrained, model_dir, pretrain
 
@@ -216,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     comp.add_argument("--no-progress", action="store_true", help="no progress bar while training a missing student")
     comp.set_defaults(func=_bench_compression)
+    gen = which.add_parser("generate", help="greedy decoding with vs without the KV cache")
+    gen.add_argument("--new-tokens", type=_positive_int, default=256)
+    gen.add_argument("--prompt", type=_positive_int, default=16, help="prompt length in tokens")
+    gen.add_argument("--layers", type=int, default=4)
+    gen.add_argument("--width", type=int, default=128)
+    gen.add_argument("--heads", type=int, default=4)
+    gen.add_argument("--vocab", type=int, default=4736)
+    _add_timing_args(gen)
+    gen.set_defaults(func=_bench_generate, rounds=5)
     srv = which.add_parser("serve", help="load test of the model service with tiny random models")
     srv.add_argument("--requests", type=_positive_int, default=2000)
     srv.add_argument("--concurrency", type=_positive_int, default=16)

@@ -46,3 +46,19 @@ def test_cli_pretrain_trains_once_then_reuses(tmp_path, monkeypatch, capsys):
     assert "already pre-trained" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["pretrain", "--model", "t5"])
+
+
+def test_bench_generate_times_the_kv_cache(capsys):
+    from bigmodel_course.benchmarks import bench_generate, format_generate
+
+    bench = bench_generate(n_layers=1, width=16, heads=2, vocab=50, prompt_len=3, new_tokens=5, rounds=1)
+    assert [r.name for r in bench.results] == ["without KV cache", "with KV cache"]
+    assert bench.cache_mb * 2**20 == 2 * 1 * 1 * 7 * 16 * 4  # keys and values of 7 positions (the last is not fed)
+    assert "speed-up for 5 new tokens" in format_generate(bench)
+    assert main(["bench", "generate", "--layers", "1", "--width", "16", "--heads", "2", "--vocab", "50",
+                 "--prompt", "3", "--new-tokens", "5", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "random weights" in out and "KV cache speed-up" in out
+    assert main(["bench", "generate", "--heads", "3"]) == 2
+    with pytest.raises(SystemExit):
+        main(["bench", "generate", "--new-tokens", "0"])
