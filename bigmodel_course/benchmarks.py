@@ -258,3 +258,52 @@ def format_generate(bench: GenerateBench) -> str:
     lines.append(f"KV cache speed-up for {bench.new_tokens} new tokens: {plain.median_ms / cached.median_ms:.2f}x "
                  f"(cache holds {bench.cache_mb:.2f} MiB at the end)")
     return "\n".join(lines)
+
+
+def time_interleaved_samples(fns: dict[str, Callable[[], None]], device: torch.device, rounds: int,
+                             warmup: int = 3) -> dict[str, list[float]]:
+    """Every call's seconds for each function, timed round-robin after `warmup` calls each (for percentiles)."""
+    if not isinstance(rounds, int) or rounds <= 0:
+        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+@dataclass
+class LatencyStats:
+    """Latency percentiles of one call (a batch of frames) and the frames per second it sustains."""
+
+    name: str
+    batch: int
+    p50_ms: float
+    p99_ms: float
+    fps: float  # frames per second at the median latency: batch / p50
+
+
+def latency_stats(name: str, seconds: list[float], batch: int = 1) -> LatencyStats:
+    """p50 and p99 (linear interpolation, like numpy.percentile) of per-call seconds, and frames per second."""
+    if not seconds:
+        raise ValueError("no timings")
+    if not isinstance(batch, int) or batch <= 0:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    ordered = sorted(seconds)
+
+    def pct(q: float) -> float:
+        pos = q / 100 * (len(ordered) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(ordered) - 1)
+        return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+    p50 = pct(50)
+    return LatencyStats(name, batch, 1e3 * p50, 1e3 * pct(99), batch / p50)

@@ -130,11 +130,11 @@ def generate_sequences(world: World, n_users: int, seed: int = 0) -> Sequences:
     return Sequences(items, oracle)
 
 
-def _sequences(items) -> Tensor:
-    """items as an int64 tensor (n_users, length >= 2), else ValueError."""
+def _sequences(items, min_len: int = 1) -> Tensor:
+    """items as an int64 tensor (n_users, length >= min_len), else ValueError."""
     t = torch.as_tensor(np.asarray(items)).long()
-    if t.dim() != 2 or t.shape[1] < 2 or len(t) == 0:
-        raise ValueError(f"items must be (n_users, length >= 2), got {tuple(t.shape)}")
+    if t.dim() != 2 or t.shape[1] < min_len or len(t) == 0:
+        raise ValueError(f"items must be (n_users, length >= {min_len}), got {tuple(t.shape)}")
     if int(t.min()) < 0:
         raise ValueError("item ids must be non-negative")
     return t
@@ -187,7 +187,7 @@ class ItemSequenceDataset(Dataset):
     """Each user's history as a causal-LM example: input_ids = labels = items + 1."""
 
     def __init__(self, history) -> None:
-        self.ids = _sequences(history) + 1
+        self.ids = _sequences(history, min_len=2) + 1
 
     def __len__(self) -> int:
         return len(self.ids)

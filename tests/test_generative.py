@@ -173,3 +173,21 @@ def test_mean_pairwise_distance():
     assert mean_pairwise_distance(a) == pytest.approx(8 / 3)
     with pytest.raises(ValueError, match="two images"):
         mean_pairwise_distance(a[:1])
+
+
+def test_latency_stats_against_numpy_percentile():
+    from bigmodel_course.benchmarks import latency_stats, time_interleaved_samples
+
+    rng = np.random.default_rng(0)
+    seconds = rng.uniform(0.001, 0.02, size=37).tolist()
+    stats = latency_stats("x", seconds, batch=4)
+    assert stats.p50_ms == pytest.approx(1e3 * np.percentile(seconds, 50))
+    assert stats.p99_ms == pytest.approx(1e3 * np.percentile(seconds, 99))
+    assert stats.fps == pytest.approx(4 / np.percentile(seconds, 50))
+    calls = []
+    samples = time_interleaved_samples({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                       torch.device("cpu"), rounds=3, warmup=1)
+    assert calls == ["a", "b", "a", "b", "a", "b", "a", "b"]
+    assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3}
+    with pytest.raises(ValueError, match="no timings"):
+        latency_stats("x", [])
