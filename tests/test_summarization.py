@@ -132,3 +132,12 @@ def test_evaluate_headlines_scores_each_method():
     assert scores["Lead-1"]["ROUGE-1"] == 0.0 and scores["TextRank"]["ROUGE-1"] > 0.5
     with pytest.raises(ValueError, match="empty"):
         evaluate_headlines([])
+
+
+def test_peoples_daily_articles_rebuilds_the_first_article():
+    from bigmodel_course.summarization import peoples_daily_articles
+
+    articles = peoples_daily_articles(min_sentences=3)
+    assert len(articles) > 2000 and all(len(a.sentences) >= 3 for a in articles)
+    assert articles[0].headline == "迈向充满希望的新世纪——一九九八年新年讲话"  # the photo note is dropped
+    assert articles[3].headline == "李鹏在北京考察企业" and articles[3].sentences[0] == "今天是一九九七年的最后一天。"
