@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test book book-exec notebooks notebook bench clean
+.PHONY: help venv test book book-exec notebooks notebook bench student clean
 
 help:
 	@echo "make test       set up .venv and run every test (unit, papermill, nbval, book build)"
@@ -13,6 +13,7 @@ help:
 	@echo "make notebooks  re-run every chapter notebook with the full profile and store its outputs"
 	@echo "make notebook NB=chapters/ch01_attention.ipynb   the same for one notebook"
 	@echo "make bench      bigmodel-course bench attention"
+	@echo "make student    student notebooks (solutions removed, outputs cleared) into build/student/ (OUT=... to change)"
 
 venv: $(STAMP)
 
@@ -41,6 +42,9 @@ notebook: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/bigmodel-course bench attention
+
+student: $(STAMP)
+	$(BIN)/python book/tools/make_student.py --out "$(or $(OUT),build/student)"
 
 clean:
 	rm -rf book/_build .pytest_cache
