@@ -70,12 +70,13 @@ def next_token(logits: Tensor, config: GenerationConfig, generator: torch.Genera
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@torch.no_grad()
 def generate(model: nn.Module, input_ids: Tensor, config: GenerationConfig | None = None, **overrides) -> Tensor:
     """Continue each prompt row of `input_ids` (B, T, no padding); returns (B, T + new) token ids.
 
     Rows that produced a stop token are padded with the model's pad id afterwards. Without the KV
     cache, prompts longer than the context keep only their last `max_len` tokens as context.
+    Decoding runs under `torch.inference_mode` (less per-operation bookkeeping than `no_grad`); the
+    returned ids are an ordinary tensor.
     """
     config = config or GenerationConfig()
     if overrides:
@@ -101,21 +102,22 @@ def generate(model: nn.Module, input_ids: Tensor, config: GenerationConfig | Non
     cache = model.new_cache() if config.use_cache else None
     step_input = ids
     try:
-        for _ in range(config.max_new_tokens):
-            if cache is None:
-                step_input = ids[:, -max_len:]
-            logits = model(step_input, kv_cache=cache).logits[:, -1, :].float()
-            logits = apply_repetition_penalty(logits, ids, config.repetition_penalty)
-            token = next_token(logits, config, generator)
-            token = torch.where(finished, torch.full_like(token, model.cfg.pad_token_id), token)
-            ids = torch.cat([ids, token.unsqueeze(1)], dim=1)
-            finished |= torch.isin(token, stop)
-            step_input = token.unsqueeze(1)
-            if finished.all():
-                break
+        with torch.inference_mode():
+            for _ in range(config.max_new_tokens):
+                if cache is None:
+                    step_input = ids[:, -max_len:]
+                logits = model(step_input, kv_cache=cache).logits[:, -1, :].float()
+                logits = apply_repetition_penalty(logits, ids, config.repetition_penalty)
+                token = next_token(logits, config, generator)
+                token = torch.where(finished, torch.full_like(token, model.cfg.pad_token_id), token)
+                ids = torch.cat([ids, token.unsqueeze(1)], dim=1)
+                finished |= torch.isin(token, stop)
+                step_input = token.unsqueeze(1)
+                if finished.all():
+                    break
     finally:
         model.train(was_training)
-    return ids
+    return ids.clone()  # outside inference mode: an ordinary tensor the caller may modify in place
 
 
 # --- measuring generated text ---------------------------------------------------------------------
