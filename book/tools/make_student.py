@@ -263,7 +263,8 @@ def readme(entries: list[tuple[str, str]]) -> str:
 
 ## 安装（一次）
 
-笔记本导入配套库 `bigmodel_course`，它和全部依赖都在课程仓库里。需要 Python 3.11：
+笔记本导入配套库 `bigmodel_course`，它和全部依赖都在课程仓库里（老师提供的仓库目录，下面写作 `<课程仓库>`）。
+需要 Python 3.11：
 
 ```bash
 cd <课程仓库>
