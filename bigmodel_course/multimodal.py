@@ -238,9 +238,9 @@ def compose_pairs(images: np.ndarray, labels: np.ndarray, pairs: Sequence[tuple[
 
 def train_clip(model: ClipModel, tokenizer: CharTokenizer, images: Tensor, labels: Sequence[int],
                words: Sequence[str], templates: Sequence[str], steps: int, batch_size: int = 128,
-               lr: float = 3e-3, seed: int = 0, augment=None, progress: bool = True) -> list[float]:
-    """AdamW on the symmetric InfoNCE loss: each step pairs a random batch of images with captions
-    template.format(words[label]) (a random template each); `augment` maps raw batches. Returns losses."""
+               lr: float = 3e-3, seed: int = 0, progress: bool = True) -> list[float]:
+    """AdamW + one-cycle schedule on the symmetric InfoNCE loss; each step pairs a random batch of images with
+    captions template.format(words[label]), a random template each. Returns the loss of every step."""
     words, templates = _words(words), _templates(templates)
     labels = [int(y) for y in labels]
     if len(labels) != len(images) or len(images) < 2:
@@ -257,7 +257,7 @@ def train_clip(model: ClipModel, tokenizer: CharTokenizer, images: Tensor, label
     model.train()
     for _ in tqdm(range(steps), desc="CLIP", disable=not progress):
         idx = torch.randperm(len(images), generator=gen)[: min(batch_size, len(images))]
-        x = images[idx] if augment is None else augment(images[idx])
+        x = images[idx]
         texts = [rnd.choice(templates).format(words[labels[i]]) for i in idx.tolist()]
         ids, mask = tokenize(tokenizer, texts, model.cfg.max_text_len)
         loss = clip_loss(model.encode_image(x), model.encode_text(ids, mask), model.scale())
