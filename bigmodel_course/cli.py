@@ -69,10 +69,15 @@ def _bench_compression(args: argparse.Namespace) -> int:
 def _bench_generate(args: argparse.Namespace) -> int:
     from .benchmarks import bench_generate, format_generate
 
-    device = _device(args)
-    bench = bench_generate(args.layers, args.width, args.heads, args.vocab, args.prompt, args.new_tokens,
-                           args.rounds, device)
-    print(f"greedy generation on {device} ({torch.get_num_threads()} threads) of {bench.new_tokens} new tokens "
+    threads_before = torch.get_num_threads()
+    try:
+        device = _device(args)
+        threads = torch.get_num_threads()
+        bench = bench_generate(args.layers, args.width, args.heads, args.vocab, args.prompt, args.new_tokens,
+                               args.rounds, device)
+    finally:
+        torch.set_num_threads(threads_before)  # --threads holds for this benchmark only
+    print(f"greedy generation on {device} ({threads} threads) of {bench.new_tokens} new tokens "
           f"after a {bench.prompt_len}-token prompt, batch 1: a randomly initialised GPT ({args.layers} layers, "
           f"width {args.width}, {args.heads} heads, vocabulary {args.vocab}, "
           f"context {bench.prompt_len + bench.new_tokens}, "
@@ -239,8 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--width", type=int, default=128)
     gen.add_argument("--heads", type=int, default=4)
     gen.add_argument("--vocab", type=int, default=4736)
-    _add_timing_args(gen)
-    gen.set_defaults(func=_bench_generate, rounds=5)
+    gen.add_argument("--rounds", type=int, default=5)
+    gen.add_argument("--threads", type=int, default=1,
+                     help="torch CPU threads (default 1: batch-1 decoding of a small model is a chain of tiny "
+                          "operations, and more threads mostly add synchronisation; 0: torch's choice)")
+    gen.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
+    gen.set_defaults(func=_bench_generate)
     srv = which.add_parser("serve", help="load test of the model service with tiny random models")
     srv.add_argument("--requests", type=_positive_int, default=2000)
     srv.add_argument("--concurrency", type=_positive_int, default=16)

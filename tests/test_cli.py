@@ -62,3 +62,12 @@ def test_bench_generate_times_the_kv_cache(capsys):
     assert main(["bench", "generate", "--heads", "3"]) == 2
     with pytest.raises(SystemExit):
         main(["bench", "generate", "--new-tokens", "0"])
+
+
+def test_bench_generate_threads_hold_for_the_benchmark_only(capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    assert main(["bench", "generate", "--layers", "1", "--width", "16", "--heads", "2", "--vocab", "50",
+                 "--prompt", "2", "--new-tokens", "3", "--rounds", "1", "--threads", "1"]) == 0
+    assert "(1 threads)" in capsys.readouterr().out and torch.get_num_threads() == before
