@@ -123,6 +123,8 @@ def fused_attention(
     plain_causal = is_causal and attn_mask is None and key_padding_mask is None
     if plain_causal and q.shape[-2] == k.shape[-2]:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale)
+    if plain_causal and q.shape[-2] == 1:  # one new query after the cached keys sees all of them: no mask to build
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
     mask = build_attention_mask(q, k, attn_mask, key_padding_mask, is_causal)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
 

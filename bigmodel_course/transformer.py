@@ -153,10 +153,10 @@ def check_token_ids(ids: Tensor, vocab_size: int, name: str = "input_ids") -> No
         raise ValueError(f"{name} must be an integer tensor (torch.long), got {ids.dtype}")
     if ids.dim() != 2:
         raise ValueError(f"{name} must have shape (batch, length), got {tuple(ids.shape)}")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
-        raise ValueError(
-            f"{name} values must lie in [0, {vocab_size}), got min={int(ids.min())}, max={int(ids.max())}"
-        )
+    if ids.numel():
+        low, high = (int(t) for t in torch.aminmax(ids))
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"{name} values must lie in [0, {vocab_size}), got min={low}, max={high}")
 
 
 def _check_attention_mask(mask: Tensor | None, batch: int, length: int) -> None:

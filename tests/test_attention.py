@@ -151,3 +151,10 @@ def test_mismatched_qkv_are_rejected():
     q, k, v = qkv()
     with pytest.raises(ValueError, match="query width 8 differs from key width 4"):
         scaled_dot_product_attention(q, k[..., :4], v)
+
+
+@pytest.mark.parametrize("q_len", [1, 3])
+def test_fused_causal_queries_after_cached_keys_equal_the_formula(q_len):
+    q, k, v = qkv(L=q_len, S=9)  # the last q_len of 9 positions, as in KV-cached decoding
+    torch.testing.assert_close(fused_attention(q, k, v, is_causal=True),
+                               scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-6, rtol=0)
