@@ -29,19 +29,8 @@ def _sync(device: torch.device) -> None:
 
 def time_interleaved(fns: dict[str, Callable[[], None]], device: torch.device, rounds: int, warmup: int = 3) -> dict[str, float]:
     """Median seconds per call of each function, timed round-robin so machine noise hits all alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    _sync(device)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    samples = time_interleaved_samples(fns, device, rounds, warmup)
+    return {name: statistics.median(ts) for name, ts in samples.items()}
 
 
 def bench_attention(
