@@ -4,12 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test book book-exec notebooks notebook bench student clean
+.PHONY: help venv test book book-exec pdf notebooks notebook bench student clean
 
 help:
 	@echo "make test       set up .venv and run every test (unit, papermill, nbval, book build)"
 	@echo "make book       set up .venv and build the HTML book from the stored notebook outputs"
 	@echo "make book-exec  build the book re-executing every notebook (cached)"
+	@echo "make pdf        the whole book as one PDF (headless Chromium): book/_build/pdf/大模型应用开发.pdf"
 	@echo "make notebooks  re-run every chapter notebook with the full profile and store its outputs"
 	@echo "make notebook NB=chapters/ch01_attention.ipynb   the same for one notebook"
 	@echo "make bench      bigmodel-course bench attention"
@@ -33,6 +34,9 @@ book: $(STAMP)
 
 book-exec: $(STAMP)
 	$(BIN)/python book/tools/build_book.py --execute
+
+pdf: $(STAMP)
+	$(BIN)/python book/tools/make_pdf.py
 
 notebooks: $(STAMP)
 	$(BIN)/python book/tools/run_notebooks.py

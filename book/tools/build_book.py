@@ -179,8 +179,8 @@ def _display(path: Path) -> str:
         return str(path.resolve())
 
 
-def build(out: Path, execute: bool) -> int:
-    """Build the HTML book into out/html; return Sphinx's exit status."""
+def build(out: Path, execute: bool, builder: str = "html") -> int:
+    """Build the book with a Sphinx HTML builder into out/<builder>; return Sphinx's exit status."""
     from jupyter_book.sphinx import build_sphinx
     from sphinx.util.console import color_terminal, nocolor
 
@@ -195,12 +195,12 @@ def build(out: Path, execute: bool) -> int:
         print(f"Executing notebooks with BIGMODEL_PROFILE={profile} (cached)", flush=True)
     result = build_sphinx(
         ROOT,
-        out / "html",
+        out / builder,
         doctreedir=out / ".doctrees",
         noconfig=True,
         path_config=str(CONFIG),
         confoverrides=overrides,
-        builder="html",
+        builder=builder,  # "singlehtml" for the PDF edition (book/tools/make_pdf.py)
         warningiserror=True,
         keep_going=True,
         freshenv=True,  # re-read every page so each build reports every warning

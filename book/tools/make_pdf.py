@@ -1,0 +1,308 @@
+"""Build the PDF edition of the book (make pdf): one A4 PDF of every page, in table-of-contents order.
+
+Usage: .venv/bin/python book/tools/make_pdf.py [--out DIR] [--browser PATH]
+
+Steps: build_book.py builds the book with Sphinx's `singlehtml` builder (one HTML page
+holding every chapter); headless Chromium (Debian's `chromium`, found on PATH or given
+with --browser / $CHROMIUM) opens that page, waits until MathJax has typeset every formula,
+Mermaid has drawn every diagram and every image has loaded, applies the print style below
+and prints it with the DevTools protocol (over a pipe: no network port, no extra package).
+Solution cells are printed expanded (labelled 参考答案), like every other folded cell.
+The last line printed names the PDF (default book/_build/pdf/大模型应用开发.pdf).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import build_book  # noqa: E402  (same folder; reused for the Sphinx build)
+
+import yaml  # noqa: E402
+
+ROOT = build_book.ROOT
+DEFAULT_OUT = build_book.DEFAULT_OUT / "pdf"
+PDF_NAME = "大模型应用开发.pdf"
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+RENDER_TIMEOUT_S = 240.0
+
+# Print style: A4, no navigation, wrapped code, every chapter on a new page.
+PRINT_CSS = """
+@page { size: A4; margin: 15mm 14mm 16mm 14mm; }
+@media print {
+  .bd-header, .bd-header-article, .bd-sidebar-primary, .bd-sidebar-secondary,
+  .bd-footer, .bd-footer-article, .bd-footer-content, .prev-next-area, .skip-link,
+  #pst-back-to-top, .headerlink, .copybtn, button, .mermaid-fullscreen-btn,
+  .search-button-field, .header-article-items, .toggle-details__summary-icon
+  { display: none !important; }
+  html, body { background: #fff !important; margin: 0 !important; padding: 0 !important; }
+  body > article.bd-article
+  { display: block !important; max-width: none !important; width: auto !important;
+    margin: 0 !important; padding: 0 !important; overflow: visible !important; }
+  pre, pre code, div.highlight pre, .output pre, .cell_output pre {
+    white-space: pre-wrap !important; overflow-wrap: anywhere !important;
+    word-break: break-all; overflow: visible !important; max-height: none !important;
+  }
+  .cell_output, .output, div.highlight, .table-wrapper, .pst-scrollable-table-container
+  { overflow: visible !important; max-height: none !important; }
+  table { max-width: 100% !important; word-break: break-word; }
+  img, svg, figure, pre.mermaid, mjx-container[display="true"] { break-inside: avoid; }
+  img { max-width: 100% !important; height: auto !important; }
+  mjx-container[display="true"] { overflow: visible !important; }
+  h1, h2, h3, h4 { break-after: avoid; }
+  details > summary { list-style: none; font-weight: 600; }
+  details > summary::-webkit-details-marker { display: none; }
+  .pdf-chapter-break { display: block; break-before: page; }
+}
+"""
+
+# Run in the page after load: wait for MathJax, Mermaid and images, unfold folded cells,
+# mark chapter starts; resolve to counts that main() checks.
+READY_JS = """
+async (chapterIds, timeoutMs) => {
+  const deadline = Date.now() + timeoutMs;
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  while (!(window.MathJax && MathJax.startup && MathJax.startup.promise) && Date.now() < deadline) await sleep(100);
+  if (window.MathJax && MathJax.startup) await MathJax.startup.promise;
+  const pendingMermaid = () => [...document.querySelectorAll("pre.mermaid")].filter((e) => !e.querySelector("svg"));
+  while (pendingMermaid().length && Date.now() < deadline) await sleep(200);
+  await Promise.all([...document.images].map((img) => img.complete ? null :
+    new Promise((r) => { img.addEventListener("load", r); img.addEventListener("error", r); })));
+  for (const d of document.querySelectorAll("details")) {
+    d.open = true;
+    const s = d.querySelector(":scope > summary");
+    // Toggle labels come as a pair (显示…/隐藏…): print one, without the verb.
+    const label = s && (s.querySelector(".collapsed") || s);
+    if (s) s.textContent = label.textContent.trim().replace(/^(显示|隐藏|点击显示|点击隐藏)\\s*/, "");
+  }
+  let marked = 0;
+  for (const id of chapterIds) {
+    const el = document.getElementById("document-" + id);
+    if (el) { el.classList.add("pdf-chapter-break"); marked += 1; }
+  }
+  // Print the article alone: no header, sidebars, footer or theme layout around it.
+  const article = document.querySelector("article.bd-article");
+  if (article) document.body.replaceChildren(article);
+  const style = document.createElement("style");
+  style.textContent = %s;
+  document.head.appendChild(style);
+  if (document.fonts) await document.fonts.ready;
+  return {
+    formulas: document.querySelectorAll("mjx-container").length,
+    mathjaxErrors: document.querySelectorAll("mjx-merror").length,
+    mermaid: document.querySelectorAll("pre.mermaid").length,
+    mermaidPending: pendingMermaid().length,
+    images: document.images.length,
+    imagesBroken: [...document.images].filter((i) => !i.naturalWidth).map((i) => i.getAttribute("src")),
+    chapters: chapterIds.length,
+    chaptersMarked: marked,
+    articleFound: Boolean(article),
+  };
+}
+""" % json.dumps(PRINT_CSS)
+
+FOOTER = ('<div style="width:100%;font-size:8px;color:#666;text-align:center;">'
+          '<span class="pageNumber"></span> / <span class="totalPages"></span></div>')
+
+
+def toc_pages() -> tuple[str, list[str]]:
+    """The root page and the top-level (chapter and appendix) pages of book/_toc.yml, in order."""
+    toc = yaml.safe_load(build_book.TOC.read_text(encoding="utf-8"))
+    entries = [c for part in toc.get("parts", []) for c in part.get("chapters", [])]
+    entries += toc.get("chapters", [])
+    return toc["root"], [e["file"] for e in entries if "file" in e]
+
+
+def find_browser(explicit: str | None = None) -> str:
+    """Path of a Chromium executable: --browser, $CHROMIUM, or the first one on PATH."""
+    for name in ([explicit] if explicit else []) + [os.environ.get("CHROMIUM", "")] + list(BROWSERS):
+        path = shutil.which(name) if name else None
+        if path:
+            return path
+    raise RuntimeError("Chromium not found: install Debian's chromium (apt-get install chromium) "
+                       "or name the browser with --browser / $CHROMIUM")
+
+
+class DevTools:
+    """Minimal Chrome DevTools protocol client over --remote-debugging-pipe (fds 3 and 4)."""
+
+    def __init__(self, browser: str, profile_dir: Path) -> None:
+        to_child_r, self._to_child = os.pipe()
+        self._from_child, from_child_w = os.pipe()
+
+        def wire_fds() -> None:  # child: the protocol reads fd 3 and writes fd 4
+            a, b = os.dup(to_child_r), os.dup(from_child_w)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+            os.set_inheritable(3, True)
+            os.set_inheritable(4, True)
+
+        args = [browser, "--headless", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run",
+                "--no-default-browser-check", "--hide-scrollbars", "--allow-file-access-from-files",
+                f"--user-data-dir={profile_dir}", "about:blank"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            args.insert(1, "--no-sandbox")  # Chromium refuses to sandbox as root
+        self.proc = subprocess.Popen(args, preexec_fn=wire_fds, close_fds=False, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self._buffer = b""
+        self._next_id = 0
+        self.events: list[dict] = []
+
+    def _read_message(self, deadline: float) -> dict:
+        while b"\0" not in self._buffer:
+            if time.monotonic() > deadline:
+                raise TimeoutError("Chromium did not answer in time")
+            chunk = os.read(self._from_child, 1 << 20)
+            if not chunk:
+                raise RuntimeError(f"Chromium exited (status {self.proc.poll()})")
+            self._buffer += chunk
+        raw, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(raw)
+
+    def call(self, method: str, params: dict | None = None, session: str | None = None,
+             timeout: float = 60.0) -> dict:
+        """Send one command and return its result; raise on a protocol error."""
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._to_child, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._read_message(deadline)
+            if reply.get("id") == self._next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def wait_event(self, method: str, timeout: float) -> dict:
+        """Return the first event named method (already received or arriving within timeout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, event in enumerate(self.events):
+                if event.get("method") == method:
+                    return self.events.pop(i)
+            self.events.append(self._read_message(deadline))
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close", timeout=10)
+        except (RuntimeError, TimeoutError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._to_child)
+        os.close(self._from_child)
+
+
+def print_pdf(browser: str, page: Path, pdf: Path, chapter_ids: list[str]) -> dict:
+    """Open page in headless Chromium, wait until it is fully rendered, print it to pdf."""
+    with tempfile.TemporaryDirectory(prefix="bigmodel-pdf-") as profile_dir:
+        tools = DevTools(browser, Path(profile_dir))
+        try:
+            target = tools.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+            session = tools.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            tools.call("Page.enable", session=session)
+            tools.call("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
+            tools.wait_event("Page.loadEventFired", timeout=120)
+            result = tools.call("Runtime.evaluate", {
+                "expression": f"({READY_JS})({json.dumps(chapter_ids)}, {int(RENDER_TIMEOUT_S * 1000)})",
+                "awaitPromise": True, "returnByValue": True,
+            }, session=session, timeout=RENDER_TIMEOUT_S + 30)
+            if "exceptionDetails" in result:
+                raise RuntimeError(f"page script failed: {result['exceptionDetails']}")
+            stats = result["result"]["value"]
+            tools.call("Emulation.setEmulatedMedia", {"media": "print"}, session=session)
+            printed = tools.call("Page.printToPDF", {
+                "printBackground": True, "preferCSSPageSize": True,
+                "paperWidth": 8.27, "paperHeight": 11.69,  # A4 in inches, if CSS gives no size
+                "displayHeaderFooter": True, "headerTemplate": "<div></div>", "footerTemplate": FOOTER,
+                "generateDocumentOutline": True, "transferMode": "ReturnAsStream",
+            }, session=session, timeout=600)
+            with pdf.open("wb") as fh:
+                while True:
+                    chunk = tools.call("IO.read", {"handle": printed["stream"], "size": 1 << 22},
+                                       session=session)
+                    data = chunk.get("data", "")
+                    fh.write(base64.b64decode(data) if chunk.get("base64Encoded") else data.encode("latin-1"))
+                    if chunk.get("eof"):
+                        break
+            tools.call("IO.close", {"handle": printed["stream"]}, session=session)
+        finally:
+            tools.close()
+    return stats
+
+
+def _problems(stats: dict) -> list[str]:
+    problems = []
+    if stats["mermaidPending"]:
+        problems.append(f"{stats['mermaidPending']} of {stats['mermaid']} Mermaid diagrams were not drawn")
+    if stats["mathjaxErrors"]:
+        problems.append(f"{stats['mathjaxErrors']} formulas failed to typeset")
+    if stats["imagesBroken"]:
+        problems.append(f"images that did not load: {stats['imagesBroken'][:5]}")
+    if not stats["articleFound"]:
+        problems.append("no <article class=\"bd-article\"> in the page: has the theme changed?")
+    if stats["chaptersMarked"] != stats["chapters"]:
+        problems.append(f"only {stats['chaptersMarked']} of {stats['chapters']} chapters found in the page")
+    return problems
+
+
+def make_pdf(out: Path, browser: str) -> Path:
+    """Build the single-page HTML into out/singlehtml and print it to out/大模型应用开发.pdf."""
+    out.mkdir(parents=True, exist_ok=True)
+    status = build_book.build(out, execute=False, builder="singlehtml")
+    root, chapters = toc_pages()
+    built = out / "singlehtml" / f"{root}.html"
+    if status != 0 or not built.is_file():
+        raise RuntimeError("single-page HTML build failed (warnings count as errors; see above)")
+    # singlehtml writes the root page at its docname (book/intro.html) but links every
+    # asset relative to the build folder: put a copy there so _static/ and _images/ resolve.
+    page = out / "singlehtml" / "book.html"
+    shutil.copyfile(built, page)
+    pdf = out / PDF_NAME
+    stats = print_pdf(browser, page, pdf, chapters)
+    print("Rendered: {formulas} formulas, {mermaid} Mermaid diagrams, {images} images, "
+          "{chapters} chapters".format(**stats), flush=True)
+    problems = _problems(stats)
+    if problems:
+        raise RuntimeError("; ".join(problems))
+    return pdf
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="build folder (default: book/_build/pdf)")
+    parser.add_argument("--browser", help="Chromium executable (default: $CHROMIUM or chromium on PATH)")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        browser = find_browser(args.browser)
+        build_book.ensure_vendor()
+        pdf = make_pdf(args.out.resolve(), browser)
+    except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"PDF built in {time.perf_counter() - start:.0f} s ({pdf.stat().st_size / 1e6:.1f} MB)")
+    print(f"Open {build_book._display(pdf)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""make pdf: one PDF of the whole book, with Chinese text, typeset formulas and an embedded CJK font."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import unicodedata
+from pathlib import Path
+
+import pytest
+import yaml
+
+pypdf = pytest.importorskip("pypdf")
+
+ROOT = Path(__file__).resolve().parents[1]
+MAKE_PDF = ROOT / "book" / "tools" / "make_pdf.py"
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+CJK = re.compile(r"[\u4e00-\u9fff]")
+RAW_LATEX = ("\\frac", "\\begin{", "\\[", "\\(", "$$")  # math delimiters; code may hold "$\\mathrm{..}$"
+
+
+def _toc_files() -> list[str]:
+    """Every page of book/_toc.yml in reading order (root first)."""
+    toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text(encoding="utf-8"))
+    files = [toc["root"]]
+
+    def walk(entries: list[dict]) -> None:
+        for entry in entries:
+            if "file" in entry:
+                files.append(entry["file"])
+            walk(entry.get("sections", []))
+
+    for part in toc.get("parts", []):
+        walk(part.get("chapters", []))
+    walk(toc.get("chapters", []))
+    return files
+
+
+def _title(page: str) -> str:
+    """The first level-1 heading of a toc page (.ipynb or .md)."""
+    notebook, markdown = ROOT / f"{page}.ipynb", ROOT / f"{page}.md"
+    if notebook.is_file():
+        cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+        text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    else:
+        text = markdown.read_text(encoding="utf-8")
+    match = re.search(r"^# (.+)$", text, re.MULTILINE)
+    assert match, f"{page} has no '# ' title"
+    return match[1]
+
+
+def _flat(text: str) -> str:
+    """NFKC without whitespace: Chromium maps some CJK glyphs to Kangxi radicals (⼤ for 大)."""
+    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text))
+
+
+def _title_pattern(title: str) -> re.Pattern:
+    """Match title in the flat PDF text; a CJK character may come out as a radical (⻅ for 见).
+
+    Chromium's ToUnicode map names one code point per glyph, and the CJK fonts share a
+    glyph between an ideograph and its radical, so a few characters (见, 长, …) are
+    extracted from the CJK Radicals Supplement block, which NFKC does not fold.
+    """
+    parts = [f"(?:{re.escape(ch)}|[\u2e80-\u2eff])" if CJK.match(ch) else re.escape(ch)
+             for ch in _flat(title)]
+    return re.compile("".join(parts))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, float]:
+    """Run make_pdf.py once into a temporary folder; return the process, the PDF and the seconds."""
+    if not any(shutil.which(name) for name in BROWSERS):
+        pytest.skip("no Chromium on PATH (apt-get install chromium)")
+    out = tmp_path_factory.mktemp("pdf")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(MAKE_PDF), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return proc, out / "大模型应用开发.pdf", time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def reader(built) -> "pypdf.PdfReader":
+    proc, pdf, _ = built
+    assert proc.returncode == 0, f"make_pdf.py failed:\n{(proc.stdout + proc.stderr)[-4000:]}"
+    return pypdf.PdfReader(pdf)
+
+
+@pytest.fixture(scope="module")
+def text(reader) -> str:
+    return "\n".join(page.extract_text() for page in reader.pages)
+
+
+def test_make_pdf_builds_one_pdf_and_names_it(built):
+    proc, pdf, seconds = built
+    assert proc.returncode == 0, f"make_pdf.py failed:\n{(proc.stdout + proc.stderr)[-4000:]}"
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("Open ") and last.endswith(".pdf"), last
+    assert Path(last.removeprefix("Open ")).resolve() == pdf.resolve()
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    print(f"make_pdf.py: {seconds:.0f} s, {pdf.stat().st_size / 1e6:.1f} MB")
+
+
+def test_page_count_is_plausible(reader):
+    pages, docs = len(reader.pages), len(_toc_files())
+    assert 5 * docs <= pages <= 100 * docs, f"{pages} pages for {docs} toc pages"
+    assert all(abs(float(p.mediabox.width) - 595) < 3 and abs(float(p.mediabox.height) - 842) < 3
+               for p in reader.pages), "pages are not A4 (595 x 842 pt)"
+
+
+def test_every_toc_title_is_in_the_text_in_toc_order(text):
+    flat = _flat(text)
+    position = -1
+    for page in _toc_files():
+        match = _title_pattern(_title(page)).search(flat, position + 1)
+        assert match, f"title of {page} ({_title(page)!r}) is not in the PDF text after the previous one"
+        position = match.start()
+
+
+def test_text_is_chinese(text):
+    cjk = len(CJK.findall(unicodedata.normalize("NFKC", text)))
+    assert cjk >= 20_000, f"only {cjk} CJK characters in the text layer"
+    assert "注意力" in _flat(text)
+
+
+def test_formulas_are_typeset_and_diagrams_drawn(text):
+    flat = unicodedata.normalize("NFKC", text)
+    left = {raw: flat.count(raw) for raw in RAW_LATEX if raw in flat}
+    assert not left, f"raw LaTeX in the PDF text (formulas not typeset): {left}"
+    assert "-->" not in flat, "Mermaid source in the PDF text (diagram not drawn)"
+
+
+def _fonts(resources, seen: dict) -> None:
+    """Collect font dictionaries of a page, including those of its form XObjects."""
+    if resources is None:
+        return
+    resources = resources.get_object()
+    for font in (resources.get("/Font") or {}).values():
+        font = font.get_object()
+        descriptor = font.get("/FontDescriptor")
+        if descriptor is None and font.get("/DescendantFonts"):
+            descriptor = font["/DescendantFonts"][0].get_object().get("/FontDescriptor")
+        descriptor = descriptor.get_object() if descriptor is not None else {}
+        name = str(descriptor.get("/FontName") or font.get("/BaseFont"))
+        embedded = any(k in descriptor for k in ("/FontFile", "/FontFile2", "/FontFile3")) \
+            or "/CharProcs" in font  # Type3: the glyph outlines are in the PDF itself
+        seen[name] = seen.get(name, False) or embedded
+    for xobject in (resources.get("/XObject") or {}).values():
+        xobject = xobject.get_object()
+        if xobject.get("/Subtype") == "/Form":
+            _fonts(xobject.get("/Resources"), seen)
+
+
+def test_a_cjk_font_is_embedded(reader):
+    seen: dict[str, bool] = {}
+    for page in reader.pages[:20]:
+        _fonts(page.get("/Resources"), seen)
+    cjk = [name for name, embedded in seen.items()
+           if embedded and re.search(r"CJK|Han|Hei|Song|Kai|Ming|YaHei|WenQuanYi", name, re.I)]
+    assert cjk, f"no embedded CJK font among {sorted(seen)}"
