@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "book" / "tools"))
+import browser_check  # noqa: E402  (build_once: one build shared with test_browser.py)
+
 ROOT = Path(__file__).resolve().parents[1]
-BUILD_BOOK = ROOT / "book" / "tools" / "build_book.py"
 CHAPTER_1 = ["chapters/ch01_concepts", "chapters/ch01_attention"]
 SCRIPT_SRC = re.compile(r"<script\b[^>]*\bsrc=[\"']([^\"']+)[\"']", re.IGNORECASE)
 LINK_HREF = re.compile(r"<link\b[^>]*\bhref=[\"']([^\"']+)[\"']", re.IGNORECASE)
@@ -20,13 +22,8 @@ REMOTE = re.compile(r"^(https?:)?//", re.IGNORECASE)
 
 @pytest.fixture(scope="module")
 def book(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
-    """Build the book once into a temporary folder; return the process and the HTML folder."""
-    out = tmp_path_factory.mktemp("book")
-    proc = subprocess.run(
-        [sys.executable, str(BUILD_BOOK), "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )
-    return proc, out / "html"
+    """Build the book once per session (shared with test_browser.py); return the process and the HTML folder."""
+    return browser_check.build_once(tmp_path_factory.getbasetemp() / "book")
 
 
 def _toc_files() -> list[str]:
