@@ -17,6 +17,7 @@ import argparse
 import base64
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -161,7 +162,8 @@ class DevTools:
 
     def _read_message(self, deadline: float) -> dict:
         while b"\0" not in self._buffer:
-            if time.monotonic() > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self._from_child], [], [], remaining)[0]:
                 raise TimeoutError("Chromium did not answer in time")
             chunk = os.read(self._from_child, 1 << 20)
             if not chunk:
