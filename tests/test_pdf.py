@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import shutil
 import subprocess
 import sys
 import time
 import unicodedata
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -89,9 +91,19 @@ def reader(built) -> "pypdf.PdfReader":
     return pypdf.PdfReader(pdf)
 
 
+def _extract(pdf: Path, start: int, stop: int) -> list[str]:
+    """Text of pages start..stop-1 (run in a worker process: extraction is CPU-bound)."""
+    pages = pypdf.PdfReader(pdf).pages
+    return [pages[i].extract_text() for i in range(start, stop)]
+
+
 @pytest.fixture(scope="module")
-def text(reader) -> str:
-    return "\n".join(page.extract_text() for page in reader.pages)
+def text(built, reader) -> str:
+    pdf, count = built[1], len(reader.pages)
+    bounds = [count * k // 2 for k in range(3)]
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = pool.map(_extract, [pdf] * 2, bounds[:-1], bounds[1:])
+        return "\n".join(page for part in parts for page in part)
 
 
 def test_make_pdf_builds_one_pdf_and_names_it(built):
