@@ -100,8 +100,10 @@ SEARCH_DONE_JS = """
 (async () => {
   const deadline = Date.now() + %(timeout_ms)d;
   while (Date.now() < deadline) {
-    if (typeof Search !== 'undefined' && Search.status && Search.status.innerText &&
-        Search._pulse_status === -1) return Search.status.innerText;
+    // Only _finishSearch fills the status line. (Search._pulse_status is no signal: a pending
+    // pulse timer may restart the dots after stopPulse, a race in Sphinx's searchtools.js.)
+    if (typeof Search !== 'undefined' && Search.status && Search.status.innerText)
+      return Search.status.innerText;
     await new Promise((r) => setTimeout(r, 100));
   }
   return null;
