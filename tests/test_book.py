@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "book" / "tools"))
 import browser_check  # noqa: E402  (build_once: one build shared with test_browser.py)
+import nbtools  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER_1 = ["chapters/ch01_concepts", "chapters/ch01_attention"]
@@ -24,23 +24,6 @@ REMOTE = re.compile(r"^(https?:)?//", re.IGNORECASE)
 def book(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     """Build the book once per session (shared with test_browser.py); return the process and the HTML folder."""
     return browser_check.build_once(tmp_path_factory.getbasetemp() / "book")
-
-
-def _toc_files() -> list[str]:
-    """Every page named in book/_toc.yml (root, parts, chapters, sections), without suffix."""
-    toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text(encoding="utf-8"))
-    files = [toc["root"]]
-
-    def walk(entries: list[dict]) -> None:
-        for entry in entries:
-            if "file" in entry:
-                files.append(entry["file"])
-            walk(entry.get("sections", []))
-
-    for part in toc.get("parts", []):
-        walk(part.get("chapters", []))
-    walk(toc.get("chapters", []))
-    return files
 
 
 def _pages(html: Path) -> list[Path]:
@@ -58,7 +41,7 @@ def test_build_succeeds_without_warnings(book):
 
 def test_every_toc_page_is_built(book):
     _, html = book
-    files = _toc_files()
+    files = nbtools.toc_files()
     assert set(CHAPTER_1) <= set(files), "chapter 1 is missing from book/_toc.yml"
     assert (html / "index.html").is_file()
     for name in files:

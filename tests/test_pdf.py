@@ -14,7 +14,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
-import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "book" / "tools"))
+import nbtools  # noqa: E402
 
 pypdf = pytest.importorskip("pypdf")
 
@@ -23,23 +25,6 @@ MAKE_PDF = ROOT / "book" / "tools" / "make_pdf.py"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 CJK = re.compile(r"[\u4e00-\u9fff]")
 RAW_LATEX = ("\\frac", "\\begin{", "\\[", "\\(", "$$")  # math delimiters; code may hold "$\\mathrm{..}$"
-
-
-def _toc_files() -> list[str]:
-    """Every page of book/_toc.yml in reading order (root first)."""
-    toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text(encoding="utf-8"))
-    files = [toc["root"]]
-
-    def walk(entries: list[dict]) -> None:
-        for entry in entries:
-            if "file" in entry:
-                files.append(entry["file"])
-            walk(entry.get("sections", []))
-
-    for part in toc.get("parts", []):
-        walk(part.get("chapters", []))
-    walk(toc.get("chapters", []))
-    return files
 
 
 def _title(page: str) -> str:
@@ -117,7 +102,7 @@ def test_make_pdf_builds_one_pdf_and_names_it(built):
 
 
 def test_page_count_is_plausible(reader):
-    pages, docs = len(reader.pages), len(_toc_files())
+    pages, docs = len(reader.pages), len(nbtools.toc_files())
     assert 5 * docs <= pages <= 100 * docs, f"{pages} pages for {docs} toc pages"
     assert all(abs(float(p.mediabox.width) - 595) < 3 and abs(float(p.mediabox.height) - 842) < 3
                for p in reader.pages), "pages are not A4 (595 x 842 pt)"
@@ -126,7 +111,7 @@ def test_page_count_is_plausible(reader):
 def test_every_toc_title_is_in_the_text_in_toc_order(text):
     flat = _flat(text)
     position = -1
-    for page in _toc_files():
+    for page in nbtools.toc_files():
         match = _title_pattern(_title(page)).search(flat, position + 1)
         assert match, f"title of {page} ({_title(page)!r}) is not in the PDF text after the previous one"
         position = match.start()

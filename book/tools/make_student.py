@@ -213,19 +213,7 @@ def student_notebook(nb: nbformat.NotebookNode, name: str = "notebook") -> tuple
 
 def toc_order(paths: list[Path]) -> list[Path]:
     """`paths` in the order of book/_toc.yml; notebooks missing from it follow, sorted by name."""
-    import yaml
-
-    listed: list[str] = []
-
-    def walk(entries: list[dict]) -> None:
-        for entry in entries or []:
-            if "file" in entry:
-                listed.append(str(entry["file"]))
-            walk(entry.get("sections", []))
-            walk(entry.get("chapters", []))
-
-    if TOC.exists():
-        walk(yaml.safe_load(TOC.read_text(encoding="utf-8")).get("chapters", []))
+    listed = nbtools.toc_files(TOC) if TOC.exists() else []
     rank = {name: i for i, name in enumerate(listed)}
     key = lambda p: (rank.get(f"chapters/{p.stem}", len(rank)), p.name)  # noqa: E731
     return sorted(paths, key=key)

@@ -20,6 +20,26 @@ def chapter_notebooks() -> list[Path]:
     return sorted(CHAPTERS.glob("*.ipynb"))
 
 
+def toc_files(toc: Path = ROOT / "book" / "_toc.yml") -> list[str]:
+    """Every page of the table of contents (root, parts, chapters, sections) in reading order, without suffix."""
+    import yaml
+
+    data = yaml.safe_load(toc.read_text(encoding="utf-8"))
+    files = [str(data["root"])]
+
+    def walk(entries: list[dict]) -> None:
+        for entry in entries or []:
+            if "file" in entry:
+                files.append(str(entry["file"]))
+            walk(entry.get("sections", []))
+            walk(entry.get("chapters", []))
+
+    for part in data.get("parts", []) or []:
+        walk(part.get("chapters", []))
+    walk(data.get("chapters", []))
+    return files
+
+
 def code_hash(nb: nbformat.NotebookNode) -> str:
     """sha256 of the notebook's code cell sources, in order (outputs and metadata excluded)."""
     sources = [c.source for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
