@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -16,13 +15,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "book" / "tools"))
+import browser_check  # noqa: E402
 import nbtools  # noqa: E402
 
 pypdf = pytest.importorskip("pypdf")
 
 ROOT = Path(__file__).resolve().parents[1]
 MAKE_PDF = ROOT / "book" / "tools" / "make_pdf.py"
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 CJK = re.compile(r"[\u4e00-\u9fff]")
 RAW_LATEX = ("\\frac", "\\begin{", "\\[", "\\(", "$$")  # math delimiters; code may hold "$\\mathrm{..}$"
 
@@ -60,7 +59,7 @@ def _title_pattern(title: str) -> re.Pattern:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, float]:
     """Run make_pdf.py once into a temporary folder; return the process, the PDF and the seconds."""
-    if not any(shutil.which(name) for name in BROWSERS):
+    if browser_check.find_chromium() is None:
         pytest.skip("no Chromium on PATH (apt-get install chromium)")
     out = tmp_path_factory.mktemp("pdf")
     start = time.perf_counter()

@@ -6,7 +6,7 @@ Steps: build_book.py builds the book with Sphinx's `singlehtml` builder (one HTM
 holding every chapter); headless Chromium (Debian's `chromium`, found on PATH or given
 with --browser / $CHROMIUM) opens that page, waits until MathJax has typeset every formula,
 Mermaid has drawn every diagram and every image has loaded, applies the print style below
-and prints it with the DevTools protocol (over a pipe: no network port, no extra package).
+and prints it with the DevTools protocol (browser_check.Chromium; the page is served from 127.0.0.1).
 Solution cells are printed expanded (labelled 参考答案), like every other folded cell.
 The last line printed names the PDF (default book/_build/pdf/大模型应用开发.pdf).
 """
@@ -16,16 +16,14 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
-import select
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import browser_check  # noqa: E402  (the Chromium driver and local server of the browser test)
 import build_book  # noqa: E402  (same folder; reused for the Sphinx build)
 
 import yaml  # noqa: E402
@@ -33,7 +31,6 @@ import yaml  # noqa: E402
 ROOT = build_book.ROOT
 DEFAULT_OUT = build_book.DEFAULT_OUT / "pdf"
 PDF_NAME = "大模型应用开发.pdf"
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 RENDER_TIMEOUT_S = 240.0
 
 # Print style: A4, no navigation, wrapped code, every chapter on a new page.
@@ -123,130 +120,27 @@ def toc_pages() -> tuple[str, list[str]]:
     return toc["root"], [e["file"] for e in entries if "file" in e]
 
 
-def find_browser(explicit: str | None = None) -> str:
-    """Path of a Chromium executable: --browser, $CHROMIUM, or the first one on PATH."""
-    for name in ([explicit] if explicit else []) + [os.environ.get("CHROMIUM", "")] + list(BROWSERS):
-        path = shutil.which(name) if name else None
-        if path:
-            return path
-    raise RuntimeError("Chromium not found: install Debian's chromium (apt-get install chromium) "
-                       "or name the browser with --browser / $CHROMIUM")
-
-
-class DevTools:
-    """Minimal Chrome DevTools protocol client over --remote-debugging-pipe (fds 3 and 4)."""
-
-    def __init__(self, browser: str, profile_dir: Path) -> None:
-        to_child_r, self._to_child = os.pipe()
-        self._from_child, from_child_w = os.pipe()
-
-        def wire_fds() -> None:  # child: the protocol reads fd 3 and writes fd 4
-            a, b = os.dup(to_child_r), os.dup(from_child_w)
-            os.dup2(a, 3)
-            os.dup2(b, 4)
-            os.set_inheritable(3, True)
-            os.set_inheritable(4, True)
-
-        args = [browser, "--headless", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run",
-                "--no-default-browser-check", "--hide-scrollbars", "--allow-file-access-from-files",
-                f"--user-data-dir={profile_dir}", "about:blank"]
-        if hasattr(os, "geteuid") and os.geteuid() == 0:
-            args.insert(1, "--no-sandbox")  # Chromium refuses to sandbox as root
-        self.proc = subprocess.Popen(args, preexec_fn=wire_fds, close_fds=False, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        os.close(to_child_r)
-        os.close(from_child_w)
-        self._buffer = b""
-        self._next_id = 0
-        self.events: list[dict] = []
-
-    def _read_message(self, deadline: float) -> dict:
-        while b"\0" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self._from_child], [], [], remaining)[0]:
-                raise TimeoutError("Chromium did not answer in time")
-            chunk = os.read(self._from_child, 1 << 20)
-            if not chunk:
-                raise RuntimeError(f"Chromium exited (status {self.proc.poll()})")
-            self._buffer += chunk
-        raw, self._buffer = self._buffer.split(b"\0", 1)
-        return json.loads(raw)
-
-    def call(self, method: str, params: dict | None = None, session: str | None = None,
-             timeout: float = 60.0) -> dict:
-        """Send one command and return its result; raise on a protocol error."""
-        self._next_id += 1
-        message = {"id": self._next_id, "method": method, "params": params or {}}
-        if session:
-            message["sessionId"] = session
-        os.write(self._to_child, json.dumps(message).encode() + b"\0")
-        deadline = time.monotonic() + timeout
-        while True:
-            reply = self._read_message(deadline)
-            if reply.get("id") == self._next_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply.get("result", {})
-            self.events.append(reply)
-
-    def wait_event(self, method: str, timeout: float) -> dict:
-        """Return the first event named method (already received or arriving within timeout)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, event in enumerate(self.events):
-                if event.get("method") == method:
-                    return self.events.pop(i)
-            self.events.append(self._read_message(deadline))
-
-    def close(self) -> None:
-        try:
-            self.call("Browser.close", timeout=10)
-        except (RuntimeError, TimeoutError, OSError):
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self._to_child)
-        os.close(self._from_child)
-
-
 def print_pdf(browser: str, page: Path, pdf: Path, chapter_ids: list[str]) -> dict:
-    """Open page in headless Chromium, wait until it is fully rendered, print it to pdf."""
-    with tempfile.TemporaryDirectory(prefix="bigmodel-pdf-") as profile_dir:
-        tools = DevTools(browser, Path(profile_dir))
-        try:
-            target = tools.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-            session = tools.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-            tools.call("Page.enable", session=session)
-            tools.call("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
-            tools.wait_event("Page.loadEventFired", timeout=120)
-            result = tools.call("Runtime.evaluate", {
-                "expression": f"({READY_JS})({json.dumps(chapter_ids)}, {int(RENDER_TIMEOUT_S * 1000)})",
-                "awaitPromise": True, "returnByValue": True,
-            }, session=session, timeout=RENDER_TIMEOUT_S + 30)
-            if "exceptionDetails" in result:
-                raise RuntimeError(f"page script failed: {result['exceptionDetails']}")
-            stats = result["result"]["value"]
-            tools.call("Emulation.setEmulatedMedia", {"media": "print"}, session=session)
-            printed = tools.call("Page.printToPDF", {
-                "printBackground": True, "preferCSSPageSize": True,
-                "paperWidth": 8.27, "paperHeight": 11.69,  # A4 in inches, if CSS gives no size
-                "displayHeaderFooter": True, "headerTemplate": "<div></div>", "footerTemplate": FOOTER,
-                "generateDocumentOutline": True, "transferMode": "ReturnAsStream",
-            }, session=session, timeout=600)
-            with pdf.open("wb") as fh:
-                while True:
-                    chunk = tools.call("IO.read", {"handle": printed["stream"], "size": 1 << 22},
-                                       session=session)
-                    data = chunk.get("data", "")
-                    fh.write(base64.b64decode(data) if chunk.get("base64Encoded") else data.encode("latin-1"))
-                    if chunk.get("eof"):
-                        break
-            tools.call("IO.close", {"handle": printed["stream"]}, session=session)
-        finally:
-            tools.close()
+    """Open page (served from 127.0.0.1) in headless Chromium, wait until it is fully rendered, print it to pdf."""
+    with browser_check.serve(page.parent) as base, \
+            browser_check.Chromium(browser, timeout=RENDER_TIMEOUT_S + 360) as chrome:
+        chrome.open(base + page.name, timeout=120)
+        stats = chrome.evaluate(f"({READY_JS})({json.dumps(chapter_ids)}, {int(RENDER_TIMEOUT_S * 1000)})")
+        chrome.send("Emulation.setEmulatedMedia", {"media": "print"}, session=True)
+        printed = chrome.send("Page.printToPDF", {
+            "printBackground": True, "preferCSSPageSize": True,
+            "paperWidth": 8.27, "paperHeight": 11.69,  # A4 in inches, if CSS gives no size
+            "displayHeaderFooter": True, "headerTemplate": "<div></div>", "footerTemplate": FOOTER,
+            "generateDocumentOutline": True, "transferMode": "ReturnAsStream",
+        }, session=True)
+        with pdf.open("wb") as fh:
+            while True:
+                chunk = chrome.send("IO.read", {"handle": printed["stream"], "size": 1 << 22}, session=True)
+                data = chunk.get("data", "")
+                fh.write(base64.b64decode(data) if chunk.get("base64Encoded") else data.encode("latin-1"))
+                if chunk.get("eof"):
+                    break
+        chrome.send("IO.close", {"handle": printed["stream"]}, session=True)
     return stats
 
 
@@ -295,10 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        browser = find_browser(args.browser)
+        browser = args.browser or browser_check.find_chromium()
+        if not browser:
+            raise RuntimeError("Chromium not found: install Debian's chromium (apt-get install chromium) "
+                               "or name the browser with --browser / $CHROMIUM")
         build_book.ensure_vendor()
         pdf = make_pdf(args.out.resolve(), browser)
-    except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
+    except (RuntimeError, TimeoutError, OSError, subprocess.CalledProcessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"PDF built in {time.perf_counter() - start:.0f} s ({pdf.stat().st_size / 1e6:.1f} MB)")
