@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test book book-exec pdf notebooks notebook bench student clean
+.PHONY: help venv test book book-exec pdf notebooks notebook timings bench student clean
 
 help:
 	@echo "make test       set up .venv and run every test (unit, papermill, nbval, book build)"
@@ -13,6 +13,7 @@ help:
 	@echo "make pdf        the whole book as one PDF (headless Chromium): book/_build/pdf/大模型应用开发.pdf"
 	@echo "make notebooks  re-run every chapter notebook with the full profile and store its outputs"
 	@echo "make notebook NB=chapters/ch01_attention.ipynb   the same for one notebook"
+	@echo "make timings    time every notebook (ci and full, empty model cache) into book/workshop_timings.md (about 2 h on 2 cores)"
 	@echo "make bench      bigmodel-course bench attention"
 	@echo "make student    student notebooks (solutions removed, outputs cleared) into build/student/ (OUT=... to change)"
 
@@ -43,6 +44,9 @@ notebooks: $(STAMP)
 
 notebook: $(STAMP)
 	$(BIN)/python book/tools/run_notebooks.py $(NB)
+
+timings: $(STAMP)
+	$(BIN)/python book/tools/time_notebooks.py
 
 bench: $(STAMP)
 	$(BIN)/bigmodel-course bench attention

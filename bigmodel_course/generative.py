@@ -143,7 +143,7 @@ def train_cvae(images, labels, epochs: int, cfg: CVAEConfig | None = None, batch
         history.snapshots[0] = sample_images(model, grid_labels(per_class), z=noise)
     steps = range(1, epochs + 1)
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
         steps = tqdm(steps, desc="CVAE")
     for epoch in steps:
         model.train()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: tqdm.auto warns in Jupyter without ipywidgets
 
 from .tokenization import CharTokenizer
 from .transformer import EncoderConfig, TransformerEncoder, mean_pool

@@ -75,3 +75,35 @@ def test_vendored_mathjax_and_mermaid(book):
             # a classic script: browsers refuse ES-module imports on file:// pages
             assert any("_static/vendor/mermaid/mermaid.min.js" in s for s in srcs), page
             assert "import mermaid from" not in text, page
+
+
+def test_figures_and_equations_are_numbered_by_chapter(book):
+    """Every captioned notebook figure and labelled equation is numbered (chapter, n), n counting on
+    through the chapter's pages in reading order, and the references print the same numbers."""
+    import nbformat
+    import test_figures
+
+    _, html = book
+    expected: dict[str, list[str]] = {}
+    for doc in nbtools.toc_files():
+        if not doc.startswith("chapters/"):
+            continue
+        nb = nbformat.read(ROOT / f"{doc}.ipynb", as_version=4)
+        chapter = test_figures._chapter(Path(doc))
+        expected.setdefault(chapter, [])
+        page = (html / f"{doc}.html").read_text(encoding="utf-8")
+        figs = re.findall(r'<figure class="notebook-figure[^"]*" id="([^"]+)">.*?caption-number">图 ([\d.]+) <', page, re.S)
+        eqs = re.findall(r'id="(eq-[^"]+)">\s*<span class="eqno">\(([\d.]+)\)', page)
+        names = [e["name"] for _, e in test_figures.figures(nb)]
+        labels = [label for _, label in test_figures.equations(nb) if label]
+        assert [f[0] for f in figs] == names, f"{doc}: rendered figures {figs} vs metadata {names}"
+        assert sorted(e[0] for e in eqs) == sorted(labels), f"{doc}: rendered equations {eqs} vs labels {labels}"
+        expected[chapter] += [("fig", n) for _, n in figs] + [("eq", n) for _, n in eqs]
+        for ident, number in figs + eqs:  # a reference prints the number its target shows
+            for ref in re.findall(rf'href="[^"]*#{re.escape(ident)}"[^>]*>(?:<span class="std std-numref">)?([^<]*)<', page):
+                assert number in ref, f"{doc}: reference to {ident} reads {ref!r}, the target is {number}"
+    for chapter, numbers in expected.items():
+        for kind in ("fig", "eq"):
+            got = [n for k, n in numbers if k == kind]
+            want = [f"{int(chapter)}.{k}" for k in range(1, len(got) + 1)]
+            assert sorted(got, key=lambda n: int(n.split(".")[1])) == want, f"chapter {chapter} {kind}: {got}"
