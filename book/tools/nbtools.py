@@ -54,6 +54,14 @@ def clean_metadata(nb: nbformat.NotebookNode) -> None:
         cell.metadata.pop("execution", None)
 
 
+def coalesce_streams(nb: nbformat.NotebookNode) -> None:
+    """Merge consecutive stream outputs and keep only what a terminal shows after carriage returns
+    (a progress bar's final state instead of its hundreds of updates)."""
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
+
+    CoalesceStreamsPreprocessor().preprocess(nb, {})
+
+
 def write_atomic(nb: nbformat.NotebookNode, path: Path) -> None:
     """Write a notebook via a temporary file and rename, so a crash never leaves half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".ipynb.tmp")

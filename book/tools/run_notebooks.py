@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
             nb = nbtools.execute(path, "full", Path(tmp) / path.name)
         seconds = time.perf_counter() - start
         nbtools.clean_metadata(nb)
+        nbtools.coalesce_streams(nb)
         # the run time and machine travel with the outputs they produced (the workshop timing table reads them)
         nb.metadata[nbtools.META_KEY] = {"code_sha256": nbtools.code_hash(nb), "profile": "full",
                                          "seconds": round(seconds, 1), "cpus": os.cpu_count()}
