@@ -219,14 +219,6 @@ def toc_order(paths: list[Path]) -> list[Path]:
     return sorted(paths, key=key)
 
 
-def _title(nb: nbformat.NotebookNode) -> str:
-    """The notebook's first level-1 heading."""
-    for cell in nb.cells:
-        if cell.cell_type == "markdown" and (m := re.search(r"^#\s+(.+)$", cell.source, re.MULTILINE)):
-            return m.group(1).strip()
-    return ""
-
-
 def _revision() -> str:
     """The repository's short commit id (with '+' when the working tree differs), or '' outside git."""
     try:
@@ -305,7 +297,7 @@ def write_student_folder(out: Path, notebooks: list[Path]) -> list[tuple[Path, R
             nb, removed = student_notebook(nbformat.read(str(path), as_version=4), path.name)
             nbtools.write_atomic(nb, staging / path.name)
             done.append((out / path.name, removed))
-            entries.append((path.name, _title(nb)))
+            entries.append((path.name, nbtools.title(nb)))
         (staging / "README.md").write_text(readme(entries), encoding="utf-8")
         (staging / MARKER_FILE).write_text("written by book/tools/make_student.py; safe to delete\n", encoding="utf-8")
         if out.exists():

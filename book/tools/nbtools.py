@@ -40,6 +40,16 @@ def toc_files(toc: Path = ROOT / "book" / "_toc.yml") -> list[str]:
     return files
 
 
+def title(nb: nbformat.NotebookNode) -> str:
+    """The notebook's first level-1 heading ('' when it has none)."""
+    import re
+
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and (m := re.search(r"^#\s+(.+)$", cell.source, re.MULTILINE)):
+            return m.group(1).strip()
+    return ""
+
+
 def code_hash(nb: nbformat.NotebookNode) -> str:
     """sha256 of the notebook's code cell sources, in order (outputs and metadata excluded)."""
     sources = [c.source for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]

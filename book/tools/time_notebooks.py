@@ -34,14 +34,13 @@ def book_notebooks() -> list[Path]:
 
 
 def title(path: Path) -> str:
-    """The notebook's first Markdown heading, without the leading #s."""
-    nb = json.loads(path.read_text(encoding="utf-8"))
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "markdown":
-            for line in "".join(cell["source"]).splitlines():
-                if line.startswith("#"):
-                    return line.lstrip("#").strip()
-    raise ValueError(f"{path.name}: no Markdown heading to name it by")
+    """The notebook's first level-1 heading."""
+    import nbformat
+
+    heading = nbtools.title(nbformat.read(str(path), as_version=4))
+    if not heading:
+        raise ValueError(f"{path.name}: no level-1 heading to name it by")
+    return heading
 
 
 def run_child(path: Path, profile: str, out: Path) -> dict:
@@ -105,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=nbtools.ROOT / "build" / "timings",
                         help="scratch folder for the executed copies and the empty caches (default build/timings)")
     parser.add_argument("--table", type=Path, default=TABLE, help="where to write the Markdown table")
+    parser.add_argument("--profile", choices=PROFILES, action="append",
+                        help="time only this profile and take the other from the last run's timings.json")
     args = parser.parse_args(argv)
     if args.child:
         nb, profile, out = args.child
@@ -113,7 +114,16 @@ def main(argv: list[str] | None = None) -> int:
 
     notebooks = book_notebooks()
     rows = [{"notebook": p.name, "title": title(p)} for p in notebooks]
-    for profile in PROFILES:
+    profiles = args.profile or list(PROFILES)
+    if set(profiles) != set(PROFILES):
+        last = json.loads((args.out / "timings.json").read_text(encoding="utf-8"))["notebooks"]
+        previous = {r["notebook"]: r for r in last}
+        missing = [r["notebook"] for r in rows if r["notebook"] not in previous]
+        if missing:
+            raise SystemExit(f"no earlier timing for {missing}: run every profile")
+        for row in rows:
+            row.update({p: previous[row["notebook"]][p] for p in PROFILES if p not in profiles})
+    for profile in profiles:
         cache = args.out / f"cache-{profile}"
         if cache.exists():
             shutil.rmtree(cache)

@@ -1,0 +1,96 @@
+"""The workshop guide: its timing table comes from `make timings`, covers every notebook, and backs the prose."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "book" / "tools"))
+import nbtools  # noqa: E402
+import time_notebooks  # noqa: E402
+from test_appendices import _normalise, _pyproject_pins  # noqa: E402
+
+ROOT = nbtools.ROOT
+GUIDE = ROOT / "book" / "workshop.md"
+ROW = re.compile(r"^\| `(?P<nb>[\w.]+\.ipynb)` \| (?P<title>.+?) \| (?P<ci>[\d.]+) \| (?P<full>[\d.]+) \| (?P<peak>[\d,]+) \|$",
+                 re.MULTILINE)
+TOTAL = re.compile(r"^\| \*\*合计\*\* \| \| \*\*(?P<ci>[\d.]+)\*\* \| \*\*(?P<full>[\d.]+)\*\* \| \*\*(?P<peak>[\d,]+)\*\*（最大） \|$",
+                   re.MULTILINE)
+
+
+def table() -> tuple[list[dict], dict]:
+    text = time_notebooks.TABLE.read_text(encoding="utf-8")
+    assert text.startswith("<!-- Written by `make timings`"), "book/workshop_timings.md must come from make timings"
+    rows = [m.groupdict() for m in ROW.finditer(text)]
+    total = TOTAL.search(text)
+    assert rows and total, "no timing rows or no total row in book/workshop_timings.md"
+    return rows, total.groupdict()
+
+
+def test_the_guide_is_in_the_book_and_includes_the_table():
+    files = nbtools.toc_files()
+    assert "book/workshop" in files
+    assert files.index("book/workshop") > max(i for i, f in enumerate(files) if f.startswith("chapters/"))
+    text = GUIDE.read_text(encoding="utf-8")
+    assert "```{include} workshop_timings.md" in text
+    for heading in ("先修要求", "在学员的电脑上安装", "日程", "运行时间表", "常见问题"):
+        assert re.search(rf"^##+ .*{heading}", text, re.MULTILINE), f"workshop.md has no section {heading}"
+
+
+def test_the_table_lists_every_notebook_in_reading_order():
+    rows, _ = table()
+    notebooks = time_notebooks.book_notebooks()
+    assert [r["nb"] for r in rows] == [p.name for p in notebooks]
+    for row, path in zip(rows, notebooks):
+        assert row["title"] == nbtools.title(nbformat.read(path, as_version=4)), f"{path.name}: stale title"
+
+
+def test_totals_add_up():
+    rows, total = table()
+    for col in ("ci", "full"):
+        values = [float(r[col]) for r in rows]
+        assert all(v > 0 for v in values)
+        assert abs(sum(values) - float(total[col])) <= 0.05 * len(values) + 0.05, f"{col} total"
+    assert int(total["peak"].replace(",", "")) == max(int(r["peak"].replace(",", "")) for r in rows)
+
+
+def test_the_prose_matches_the_measurements():
+    """What workshop.md says about the run times is true of the table it includes."""
+    rows, _ = table()
+    text = GUIDE.read_text(encoding="utf-8")
+    assert "每个笔记本一两分钟之内就能跑完" in text
+    assert max(float(r["ci"]) for r in rows) <= 2.0, "a ci run takes over 2 minutes: fix workshop.md's claim"
+
+
+def test_quoted_versions_equal_the_pins():
+    pins = _pyproject_pins()
+    quoted = re.findall(r"\b([A-Za-z][\w.-]*)==(\d[\w.]*)", GUIDE.read_text(encoding="utf-8"))
+    assert quoted
+    for name, version in quoted:
+        assert pins.get(_normalise(name)) == version, f"workshop.md quotes {name}=={version}, pyproject pins {pins.get(_normalise(name))}"
+
+
+def test_render_formats_minutes_and_totals():
+    rows = [{"notebook": "a.ipynb", "title": "甲", "ci": {"seconds": 12.0, "peak_mib": 900},
+             "full": {"seconds": 600.0, "peak_mib": 2048}},
+            {"notebook": "b.ipynb", "title": "乙", "ci": {"seconds": 90.0, "peak_mib": 1000},
+             "full": {"seconds": 30.0, "peak_mib": 1500}}]
+    info = {"cpus": 2, "torch": "2.14.1", "torch_threads": 2, "memory_gib": 24, "python": "3.11.7",
+            "processor": "x86_64", "date": "2026-12-02"}
+    text = time_notebooks.render(rows, info)
+    assert "| `a.ipynb` | 甲 | 0.20 | 10.0 | 2,048 |" in text
+    assert "| `b.ipynb` | 乙 | 1.5 | 0.50 | 1,500 |" in text
+    assert "| **合计** | | **1.7** | **10.5** | **2,048**（最大） |" in text
+    assert ROW.search(text) and TOTAL.search(text)
+
+
+def test_a_notebook_without_a_title_is_refused(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("没有标题"), nbformat.v4.new_code_cell("1")])
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, str(path))
+    with pytest.raises(ValueError, match="no level-1 heading"):
+        time_notebooks.title(path)
