@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "book" / "tools"))
 import browser_check  # noqa: E402
+import nbtools  # noqa: E402
 
 SCREENSHOTS = ROOT / "build" / "screenshots"
 SEARCHES = ("注意力", "Transformer")
@@ -109,6 +110,29 @@ def test_internal_links_and_anchors_resolve(site):
     assert not problems, "broken internal links:\n" + "\n".join(problems)
 
 
+def test_every_code_cell_has_a_copy_button(site):
+    _, reports = site
+    assert sum(r.dom["codeBlocks"] for r in reports.values()) > 300
+    missing = _problems(reports, lambda r: r.dom["codeWithoutCopyButton"])
+    assert not missing, "code blocks without sphinx-copybutton's button:\n" + "\n".join(missing[:20])
+
+
+def test_every_notebook_page_offers_its_notebook_for_download(site):
+    """The theme's download menu links the page's .ipynb (test_internal_links… checks the file is served)."""
+    html, reports = site
+    for doc in nbtools.toc_files():
+        if doc.startswith("chapters/"):
+            links = reports[f"{doc}.html"].dom["sourceDownloads"]
+            assert any(link.endswith(f"/_sources/{doc}.ipynb") for link in links), (doc, links)
+            assert (html / "_sources" / f"{doc}.ipynb").is_file()
+
+
+def test_long_outputs_are_collapsed(site):
+    _, reports = site
+    tall = _problems(reports, lambda r: r.dom["tallOutputs"])
+    assert not tall, f"text outputs taller than {browser_check.TALL_OUTPUT_PX} px:\n" + "\n".join(tall)
+
+
 def test_screenshots_are_written(site):
     for stem in SHOTS:
         shot = SCREENSHOTS / f"{stem}.png"
@@ -125,7 +149,9 @@ def test_checker_reports_what_is_broken(tmp_path):
         '<p>raw $$x^2$$ left</p><span class="math">\\(y\\)</span>'
         '<pre class="mermaid">graph LR; A-->B</pre>'
         '<img src="missing.png"><a href="other.html#nowhere">x</a><a href="gone.html">y</a>'
-        '<a href="#top">top</a></body></html>', encoding="utf-8")
+        '<a href="#top">top</a><div class="highlight"><pre>print(1)</pre></div>'
+        '<div class="cell_output"><div class="output stream"><pre>' + "line<br>" * 80 + '</pre></div></div>'
+        '</body></html>', encoding="utf-8")
     (tmp_path / "other.html").write_text(
         '<html><head><link rel="icon" href="data:,"></head><body><p id="here">ok</p></body></html>',
         encoding="utf-8")
@@ -139,6 +165,8 @@ def test_checker_reports_what_is_broken(tmp_path):
     assert len(page.dom["untypesetMath"]) == 1 and page.dom["mjxContainers"] == 0
     assert len(page.dom["mermaidUndrawn"]) == 1
     assert page.dom["brokenImages"] and page.dom["brokenImages"][0].endswith("missing.png")
+    assert page.dom["codeBlocks"] == 1 and len(page.dom["codeWithoutCopyButton"]) == 1
+    assert len(page.dom["tallOutputs"]) == 1, page.dom["tallOutputs"]
     problems = browser_check.link_problems(tmp_path, reports)
     assert sorted(problems) == [
         "index.html: link to missing anchor other.html#nowhere",

@@ -34,6 +34,7 @@ import websocket  # websocket-client
 ROOT = Path(__file__).resolve().parents[2]
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 VIEWPORT = (1280, 900)
+TALL_OUTPUT_PX = 720  # a text output taller than this scrolls inside its box (custom.css) instead of the page
 
 # Runs in the page after the load event: wait for MathJax, Mermaid and the images to finish.
 SETTLE_JS = """
@@ -90,6 +91,13 @@ COLLECT_JS = """
     ids: [...document.querySelectorAll('[id]')].map((e) => e.id)
       .concat([...document.querySelectorAll('a[name]')].map((e) => e.getAttribute('name'))),
     links: [...document.querySelectorAll('a[href]')].map((a) => a.href),
+    codeBlocks: document.querySelectorAll('div.highlight').length,
+    codeWithoutCopyButton: [...document.querySelectorAll('div.highlight')]
+      .filter((d) => !d.querySelector('button.copybtn')).map(describe),
+    sourceDownloads: [...document.querySelectorAll('.dropdown-download-buttons a[href]')].map((a) => a.href),
+    tallOutputs: [...document.querySelectorAll('.cell_output > *')]
+      .filter((o) => !o.querySelector('img, svg') && o.getBoundingClientRect().height > %(tall_px)d)
+      .map((o) => Math.round(o.getBoundingClientRect().height) + ' px: ' + describe(o)),
     searchResults: [...document.querySelectorAll('#search-results ul.search li a')]
       .map((a) => a.href),
   };
@@ -381,7 +389,7 @@ def check_page(browser: Chromium, base: str, path: str, settle_timeout: float = 
             if path.startswith("search.html"):
                 report.search_status = browser.evaluate(
                     SEARCH_DONE_JS % {"timeout_ms": int(settle_timeout * 1000)})
-            report.dom = browser.evaluate(COLLECT_JS)
+            report.dom = browser.evaluate(COLLECT_JS % {"tall_px": TALL_OUTPUT_PX})
             break
         except BrowserError as exc:
             if not any(w in str(exc) for w in ("navigated", "context was destroyed")) or attempt == 2:
@@ -471,6 +479,8 @@ def page_problems(report: PageReport) -> list[str]:
     found += [f"LaTeX source in the text: {t}" for t in dom.get("rawMath", [])]
     found += [f"Mermaid not drawn: {m}" for m in dom.get("mermaidUndrawn", []) + dom.get("mermaidErrors", [])]
     found += [f"image not loaded: {i}" for i in dom.get("brokenImages", [])]
+    found += [f"code block without a copy button: {c}" for c in dom.get("codeWithoutCopyButton", [])]
+    found += [f"output not collapsed: {o}" for o in dom.get("tallOutputs", [])]
     return found
 
 
