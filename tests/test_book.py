@@ -93,15 +93,17 @@ def test_figures_and_equations_are_numbered_by_chapter(book):
         expected.setdefault(chapter, [])
         page = (html / f"{doc}.html").read_text(encoding="utf-8")
         figs = re.findall(r'<figure class="notebook-figure[^"]*" id="([^"]+)">.*?caption-number">图 ([\d.]+) <', page, re.S)
-        eqs = re.findall(r'id="(eq-[^"]+)">\s*<span class="eqno">\(([\d.]+)\)', page)
+        eqs = re.findall(r'id="equation-(eq-[^"]+)">\s*<span class="eqno">\(([\d.]+)\)', page)
         names = [e["name"] for _, e in test_figures.figures(nb)]
         labels = [label for _, label in test_figures.equations(nb) if label]
         assert [f[0] for f in figs] == names, f"{doc}: rendered figures {figs} vs metadata {names}"
         assert sorted(e[0] for e in eqs) == sorted(labels), f"{doc}: rendered equations {eqs} vs labels {labels}"
         expected[chapter] += [("fig", n) for _, n in figs] + [("eq", n) for _, n in eqs]
-        for ident, number in figs + eqs:  # a reference prints the number its target shows
-            for ref in re.findall(rf'href="[^"]*#{re.escape(ident)}"[^>]*>(?:<span class="std std-numref">)?([^<]*)<', page):
-                assert number in ref, f"{doc}: reference to {ident} reads {ref!r}, the target is {number}"
+        anchors = figs + [(f"equation-{label}", number) for label, number in eqs]
+        for ident, number in anchors:  # a reference prints the number its target shows
+            for ref in re.findall(rf'<a class="reference internal" href="[^"]*#{re.escape(ident)}"[^>]*>'
+                                  r'(?:<span class="std std-numref">)?([^<]*)<', page):
+                assert ref.strip() in (f"图 {number}", f"({number})"), f"{doc}: reference to {ident} reads {ref!r}, the target is {number}"
     for chapter, numbers in expected.items():
         for kind in ("fig", "eq"):
             got = [n for k, n in numbers if k == kind]

@@ -91,3 +91,56 @@ def test_labels_are_unique_across_the_book():
     assert not dupes, f"labels used twice: {dupes}"
     assert len(names) >= 60
 
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_figures_use_the_house_style(path):
+    """One look for every figure: plotting.use_house_style() (CJK font, sizes, palette) runs before the first plot."""
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    first_plot = next((i for i, c in enumerate(code) if _images(c)), None)
+    if first_plot is None:
+        return
+    assert any("use_house_style()" in c.source for c in code[: first_plot + 1]), (
+        f"{path.name}: plots before calling bigmodel_course.plotting.use_house_style()")
+
+
+MERMAID = re.compile(r"^[ \t]*```\{?mermaid\}?[ \t]*\n(?P<body>.*?)^[ \t]*```[ \t]*$", re.S | re.M)
+NODE = re.compile(r"\b[A-Za-z]\w*\[\"?(?P<label>[^\]\"]+)\"?\]")
+LINK = re.compile(r"\{(?:ref|doc)\}`[^`]+`")
+
+
+def diagrams() -> list[tuple[str, str, str]]:
+    """(notebook, diagram body, the Markdown that follows it: rest of its cell and the next Markdown cell), in reading order."""
+    found = []
+    for doc in nbtools.toc_files():
+        if not doc.startswith("chapters/"):
+            continue
+        cells = [c.source for c in nbformat.read(nbtools.ROOT / f"{doc}.ipynb", as_version=4).cells
+                 if c.cell_type == "markdown"]
+        for i, text in enumerate(cells):
+            for m in MERMAID.finditer(text):
+                after = text[m.end():] + "\n" + (cells[i + 1] if i + 1 < len(cells) else "")
+                found.append((doc, m.group("body").strip(), after))
+    return found
+
+
+def test_every_overview_diagram_points_to_what_runs():
+    """Each box of a Mermaid overview has a list item right after the diagram, `- **box**：…`, linking the
+    section or notebook where it runs (or saying 只作文字讨论); a repeated diagram links back instead."""
+    seen: dict[str, str] = {}
+    found = diagrams()
+    assert len(found) >= 10
+    for doc, body, after in found:
+        if body in seen:
+            assert LINK.search(after), f"{doc}: the repeated diagram from {seen[body]} links nowhere"
+            continue
+        seen[body] = doc
+        labels = [m.group("label").split("<br>")[0].strip() for m in NODE.finditer(body)]
+        assert labels, f"{doc}: no boxes found in a diagram"
+        items = re.findall(r"^\s*(?:[-*]|\d+\.)\s+\*\*(.+?)\*\*(.*)$", after, re.M)
+        for label in labels:
+            lines = [rest for name, rest in items if name.strip() == label]
+            assert lines, f"{doc}: diagram box {label!r} has no list item `- **{label}**：…` after the diagram"
+            assert LINK.search(lines[0]) or "只作文字讨论" in lines[0], (
+                f"{doc}: the item for {label!r} links no section ({{ref}}/{{doc}}) and does not say 只作文字讨论")
