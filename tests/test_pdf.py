@@ -157,3 +157,17 @@ def test_a_cjk_font_is_embedded(reader):
     cjk = [name for name, embedded in seen.items()
            if embedded and re.search(r"CJK|Han|Hei|Song|Kai|Ming|YaHei|WenQuanYi", name, re.I)]
     assert cjk, f"no embedded CJK font among {sorted(seen)}"
+
+
+def test_every_figure_is_numbered_and_captioned(text):
+    """Each notebook figure prints as 图 N.M followed by its caption (book/tools/numbering.py)."""
+    import nbformat
+    import test_figures
+
+    flat = _flat(text)
+    numbers = set(re.findall(r"图(\d+\.\d+)", flat))
+    captions = [e["caption"] for p in test_figures.NOTEBOOKS
+                for _, e in test_figures.figures(nbformat.read(p, as_version=4))]
+    assert len(numbers) >= len(captions) >= 60, f"{len(numbers)} figure numbers for {len(captions)} captions"
+    missing = [c for c in captions if _flat(c)[:12] not in flat]
+    assert not missing, f"captions not in the PDF text: {missing[:5]}"
