@@ -16,8 +16,8 @@ from test_appendices import _normalise, _pyproject_pins  # noqa: E402
 
 ROOT = nbtools.ROOT
 GUIDE = ROOT / "book" / "workshop.md"
-ROW = re.compile(r"^\| `(?P<nb>[\w.]+\.ipynb)` \| (?P<title>.+?) \| (?P<ci>[\d.]+) \| (?P<full>[\d.]+) \| (?P<peak>[\d,]+) \|$",
-                 re.MULTILINE)
+ROW = re.compile(r"^\| `(?P<nb>[\w.]+\.ipynb)` \| (?P<title>.+?) \| (?P<ci>[\d.]+)(?P<ci_busy>\\\*)? \| "
+                 r"(?P<full>[\d.]+)(?P<full_busy>\\\*)? \| (?P<peak>[\d,]+) \|$", re.MULTILINE)
 TOTAL = re.compile(r"^\| \*\*合计\*\* \| \| \*\*(?P<ci>[\d.]+)\*\* \| \*\*(?P<full>[\d.]+)\*\* \| \*\*(?P<peak>[\d,]+)\*\*（最大） \|$",
                    re.MULTILINE)
 
@@ -58,6 +58,12 @@ def test_totals_add_up():
     assert int(total["peak"].replace(",", "")) == max(int(r["peak"].replace(",", "")) for r in rows)
 
 
+def test_no_timing_shared_the_machine_with_other_work():
+    rows, _ = table()
+    busy = [(r["nb"], col) for r in rows for col in ("ci", "full") if r[f"{col}_busy"]]
+    assert not busy, f"re-time these on a quiet machine (time_notebooks.py --only ... --profile ...): {busy}"
+
+
 def test_the_prose_matches_the_measurements():
     """What workshop.md says about the run times is true of the table it includes."""
     rows, _ = table()
@@ -85,7 +91,11 @@ def test_render_formats_minutes_and_totals():
     assert "| `a.ipynb` | 甲 | 0.20 | 10.0 | 2,048 |" in text
     assert "| `b.ipynb` | 乙 | 1.5 | 0.50 | 1,500 |" in text
     assert "| **合计** | | **1.7** | **10.5** | **2,048**（最大） |" in text
-    assert ROW.search(text) and TOTAL.search(text)
+    assert ROW.search(text) and TOTAL.search(text) and "\\*" not in text
+    rows[1]["full"]["other_cpu_s"] = 4.0  # a run that shared the CPUs is marked
+    marked = time_notebooks.render(rows, info)
+    assert "| `b.ipynb` | 乙 | 1.5 | 0.50\\* | 1,500 |" in marked and ROW.search(marked)["nb"] == "a.ipynb"
+    assert [m["full_busy"] for m in ROW.finditer(marked)] == [None, "\\*"]
 
 
 def test_a_notebook_without_a_title_is_refused(tmp_path):

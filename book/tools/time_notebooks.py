@@ -26,6 +26,7 @@ import nbtools  # noqa: E402
 
 TABLE = nbtools.ROOT / "book" / "workshop_timings.md"
 PROFILES = ("ci", "full")
+BUSY_FRACTION = 0.1  # other work above this share of a run's wall time marks the run as disturbed
 
 
 def book_notebooks() -> list[Path]:
@@ -53,15 +54,36 @@ def run_child(path: Path, profile: str, out: Path) -> dict:
     return {"seconds": round(seconds, 1), "peak_mib": round(peak_kib / 1024)}
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat; 0 where there is none)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def time_one(path: Path, profile: str, out_dir: Path, env: dict[str, str]) -> dict:
-    """Run one notebook in a fresh child process and return its measurement."""
+    """Run one notebook in a fresh child process and return its measurement.
+
+    `other_cpu_s` is the CPU time the rest of the machine used meanwhile: well above zero means the
+    run competed with other work and its time is too long.
+    """
     out = out_dir / profile / path.name
     out.parent.mkdir(parents=True, exist_ok=True)
+    cache = Path(env["BIGMODEL_CACHE"])
+    cache_before = sorted(p.name for p in cache.iterdir()) if cache.is_dir() else []
+    own0, busy0 = resource.getrusage(resource.RUSAGE_CHILDREN), busy_cpu_seconds()
     proc = subprocess.run([sys.executable, __file__, "--child", str(path), profile, str(out)],
                           env=env, capture_output=True, text=True)
+    own1, busy1 = resource.getrusage(resource.RUSAGE_CHILDREN), busy_cpu_seconds()
     if proc.returncode != 0:
         raise RuntimeError(f"{path.name} ({profile}) failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    own = (own1.ru_utime - own0.ru_utime) + (own1.ru_stime - own0.ru_stime)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**result, "cpu_s": round(own, 1), "other_cpu_s": round(max(0.0, busy1 - busy0 - own), 1),
+            "cache_before": cache_before}
 
 
 def machine() -> dict:
@@ -89,12 +111,18 @@ def render(rows: list[dict], info: dict) -> str:
         "| 笔记本 | 内容 | `ci` 用时（分钟） | `full` 用时（分钟） | `full` 内存峰值（MiB） |",
         "|:--|:--|--:|--:|--:|",
     ]
+    def cell(m: dict) -> str:  # * marks a run that shared the CPUs with other work (its time is too long)
+        busy = m.get("other_cpu_s", 0) > BUSY_FRACTION * m["seconds"]
+        return minutes(m["seconds"]) + ("\\*" if busy else "")
+
     for r in rows:
-        lines.append(f"| `{r['notebook']}` | {r['title']} | {minutes(r['ci']['seconds'])} | "
-                     f"{minutes(r['full']['seconds'])} | {r['full']['peak_mib']:,} |")
+        lines.append(f"| `{r['notebook']}` | {r['title']} | {cell(r['ci'])} | "
+                     f"{cell(r['full'])} | {r['full']['peak_mib']:,} |")
     total = {p: sum(r[p]["seconds"] for r in rows) for p in PROFILES}
     peak = max(r["full"]["peak_mib"] for r in rows)
     lines.append(f"| **合计** | | **{minutes(total['ci'])}** | **{minutes(total['full'])}** | **{peak:,}**（最大） |")
+    if any("\\*" in line for line in lines):
+        lines += ["", f"\\* 计时期间其他程序占用的 CPU 时间超过了这段墙钟时间的 {BUSY_FRACTION:.0%}，这个时间偏长。"]
     return "\n".join(lines) + "\n"
 
 
@@ -106,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", type=Path, default=TABLE, help="where to write the Markdown table")
     parser.add_argument("--profile", choices=PROFILES, action="append",
                         help="time only this profile and take the other from the last run's timings.json")
+    parser.add_argument("--only", nargs="+", metavar="NOTEBOOK",
+                        help="re-time just these notebooks (file names), each from an empty cache, keeping the "
+                             "last run's other numbers; refused for a notebook that found models in the cache")
     args = parser.parse_args(argv)
     if args.child:
         nb, profile, out = args.child
@@ -115,14 +146,21 @@ def main(argv: list[str] | None = None) -> int:
     notebooks = book_notebooks()
     rows = [{"notebook": p.name, "title": title(p)} for p in notebooks]
     profiles = args.profile or list(PROFILES)
-    if set(profiles) != set(PROFILES):
+    only = set(args.only or [])
+    if unknown := only - {p.name for p in notebooks}:
+        raise SystemExit(f"not chapter notebooks of the book: {sorted(unknown)}")
+    if set(profiles) != set(PROFILES) or only:
         last = json.loads((args.out / "timings.json").read_text(encoding="utf-8"))["notebooks"]
         previous = {r["notebook"]: r for r in last}
         missing = [r["notebook"] for r in rows if r["notebook"] not in previous]
         if missing:
             raise SystemExit(f"no earlier timing for {missing}: run every profile")
         for row in rows:
-            row.update({p: previous[row["notebook"]][p] for p in PROFILES if p not in profiles})
+            row.update({p: previous[row["notebook"]][p] for p in PROFILES})
+            for p in profiles:
+                if row["notebook"] in only and previous[row["notebook"]][p].get("cache_before"):
+                    raise SystemExit(f"{row['notebook']} ({p}) used models an earlier notebook cached: "
+                                     "re-time the whole profile instead")
     for profile in profiles:
         cache = args.out / f"cache-{profile}"
         if cache.exists():
@@ -131,9 +169,15 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ, BIGMODEL_CACHE=str(cache), BIGMODEL_REGISTRY=str(cache / "registry"),
                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         for path, row in zip(notebooks, rows):
+            if only and path.name not in only:
+                continue
+            if only:  # each from an empty cache, as it met it in the full run
+                shutil.rmtree(cache)
+                cache.mkdir()
             row[profile] = time_one(path, profile, args.out, env)
-            print(f"{profile:4s} {path.name}: {row[profile]['seconds']:.1f} s, "
-                  f"peak {row[profile]['peak_mib']:,} MiB", flush=True)
+            r = row[profile]
+            print(f"{profile:4s} {path.name}: {r['seconds']:.1f} s, peak {r['peak_mib']:,} MiB, "
+                  f"other work on the machine meanwhile {r['other_cpu_s']:.0f} CPU s", flush=True)
     info = machine()
     (args.out / "timings.json").write_text(json.dumps({"machine": info, "notebooks": rows}, ensure_ascii=False, indent=1),
                                            encoding="utf-8")
