@@ -113,7 +113,7 @@ def test_render_formats_minutes_and_totals():
     assert "| `b.ipynb` | 乙 | 1.5 | 0.50 | 1,500 |" in text
     assert "| **合计** | | **1.7** | **10.5** | **2,048**（最大） |" in text
     assert ROW.search(text) and TOTAL.search(text) and "\\*" not in text
-    rows[1]["full"]["other_cpu_s"] = 4.0  # a run that shared the CPUs is marked
+    rows[1]["full"]["other_cpu_s"] = 20.0  # a run that shared the CPUs is marked
     marked = time_notebooks.render(rows, info)
     assert "| `b.ipynb` | 乙 | 1.5 | 0.50\\* | 1,500 |" in marked and ROW.search(marked)["nb"] == "a.ipynb"
     assert [m["full_busy"] for m in ROW.finditer(marked)] == [None, "\\*"]
