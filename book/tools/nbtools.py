@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -42,8 +43,6 @@ def toc_files(toc: Path = ROOT / "book" / "_toc.yml") -> list[str]:
 
 def title(nb: nbformat.NotebookNode) -> str:
     """The notebook's first level-1 heading ('' when it has none)."""
-    import re
-
     for cell in nb.cells:
         if cell.cell_type == "markdown" and (m := re.search(r"^#\s+(.+)$", cell.source, re.MULTILINE)):
             return m.group(1).strip()
