@@ -109,3 +109,11 @@ def test_figures_and_equations_are_numbered_by_chapter(book):
             got = [n for k, n in numbers if k == kind]
             want = [f"{int(chapter)}.{k}" for k in range(1, len(got) + 1)]
             assert sorted(got, key=lambda n: int(n.split(".")[1])) == want, f"chapter {chapter} {kind}: {got}"
+
+
+def test_theme_wording_is_simplified_chinese(book):
+    """The theme's zh_CN catalogue says 列印 (Traditional usage); build_book replaces it."""
+    _, html = book
+    page = (html / "chapters" / "ch01_attention.html").read_text(encoding="utf-8")
+    assert 'title="打印为 PDF"' in page
+    assert not [p for p in _pages(html) if "列印" in p.read_text(encoding="utf-8")]

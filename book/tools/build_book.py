@@ -152,6 +152,20 @@ def _chinese_cell_prompts(app, doctree, docname) -> None:
                 node[key] = match[1] + _PROMPT_WORDS[match[2]]
 
 
+# sphinx-book-theme's zh_CN catalogue has one Traditional-Chinese wording; the book is Simplified.
+_THEME_WORDING = {"Print to PDF": "打印为 PDF"}
+
+
+def _simplified_theme_wording(app) -> None:
+    """builder-inited: correct the theme's zh_CN messages in its loaded catalogue."""
+    from sphinx import locale
+
+    translator = locale.translators.get(("general", "booktheme"))
+    catalog = getattr(translator, "_catalog", None)
+    if app.config.language == "zh_CN" and isinstance(catalog, dict):
+        catalog.update(_THEME_WORDING)
+
+
 def setup(app) -> dict:
     """Register the extension: vendored scripts, offline Mermaid loader, Chinese cell toggles."""
     from sphinx.transforms.post_transforms import SphinxPostTransform
@@ -165,6 +179,7 @@ def setup(app) -> dict:
 
     app.add_post_transform(FoldSolutions)
     app.connect("builder-inited", _vendor_assets)
+    app.connect("builder-inited", _simplified_theme_wording)
     app.connect("html-page-context", _mermaid_classic_script, priority=900)
     app.connect("doctree-resolved", _chinese_cell_prompts)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
