@@ -93,6 +93,17 @@ def test_the_prose_matches_the_measurements():
             assert minutes["ci"][path.name] < 1.0, f"{path.name} promises a ci run in tens of seconds"
 
 
+def test_the_longest_and_largest_notebooks_are_the_ones_the_guide_names():
+    rows, _ = table()
+    text = GUIDE.read_text(encoding="utf-8")
+    longest = sorted(rows, key=lambda r: float(r["full"]))[-2:]
+    assert {r["nb"] for r in longest} == {"ch02_pretraining.ipynb", "ch04_text_classification.ipynb"}
+    assert "用时最长的两个笔记本是 `ch02_pretraining` 和 `ch04_text_classification`" in text
+    largest = max(rows, key=lambda r: int(r["peak"].replace(",", "")))
+    assert largest["nb"] == "ch05_compute.ipynb" and "峰值最大的是 `ch05_compute`" in text
+    assert int(largest["peak"].replace(",", "")) > 6 * 1024, "the guide warns 8 GB laptops about it"
+
+
 def test_quoted_versions_equal_the_pins():
     pins = _pyproject_pins()
     quoted = re.findall(r"\b([A-Za-z][\w.-]*)==(\d[\w.]*)", GUIDE.read_text(encoding="utf-8"))
