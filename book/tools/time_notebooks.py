@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nbtools  # noqa: E402
 
@@ -39,8 +41,6 @@ def book_notebooks() -> list[Path]:
 
 def title(path: Path) -> str:
     """The notebook's first level-1 heading."""
-    import nbformat
-
     heading = nbtools.title(nbformat.read(str(path), as_version=4))
     if not heading:
         raise ValueError(f"{path.name}: no level-1 heading to name it by")
