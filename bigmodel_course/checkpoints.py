@@ -3,19 +3,16 @@
 A checkpoint is a directory: ``model.safetensors`` (weights, shared tensors stored once),
 ``optimizer.safetensors`` (optimizer state tensors) and ``trainer_state.json`` (the caller's
 JSON-friendly state, the rest of the optimizer state, and the size and SHA-256 of both tensor files).
-It is written into a temporary sibling directory, fsynced, then renamed over the old one; the old
-one is first moved aside to ``.<name>.previous``, which a load falls back to if a save was
-interrupted between the two renames.  A load verifies everything before it changes anything.
+It is published atomically with `files.atomic_directory` (temporary sibling folder, fsync, rename; the
+old one waits as ``.<name>.previous``, which a load falls back to if a save was interrupted between the
+two renames).  A load verifies everything before it changes anything.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
-import shutil
-import uuid
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -23,6 +20,8 @@ import numpy as np
 import safetensors.torch
 import torch
 from torch import Tensor, nn
+
+from .files import IntegrityError, atomic_directory, atomic_write_json, check_entry, file_entry, published
 
 FORMAT_VERSION = 1
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "trainer_state.json"
@@ -76,24 +75,6 @@ def _rng_setter(state: dict) -> Callable[[], None]:
 
 # ---------------------------------------------------------------- files
 
-def _sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file or directory to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _split_optimizer_state(sd: dict) -> tuple[dict[str, Tensor], dict]:
     """Optimizer state_dict -> (tensors for safetensors, the JSON-friendly rest)."""
     tensors, state = {}, {}
@@ -119,18 +100,12 @@ def _join_optimizer_state(tensors: dict[str, Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": groups}
 
 
-def _write_checkpoint_files(tmp: Path, model: nn.Module, opt_tensors: dict, state: dict) -> None:
-    """Write the three checkpoint files into `tmp` and fsync them (state JSON last)."""
-    safetensors.torch.save_model(model, str(tmp / MODEL_FILE), metadata={"format": "pt"})
-    safetensors.torch.save_file(opt_tensors, str(tmp / OPTIMIZER_FILE), metadata={"format": "pt"})
-    state["files"] = {
-        name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
-        for name in (MODEL_FILE, OPTIMIZER_FILE)
-    }
-    (tmp / STATE_FILE).write_text(json.dumps(state, ensure_ascii=False), encoding="utf-8")
-    for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE):
-        _fsync(tmp / name)
-    _fsync(tmp)
+def _write_checkpoint_files(folder: Path, model: nn.Module, opt_tensors: dict, state: dict) -> None:
+    """Write the three checkpoint files into `folder` (state JSON last, with size and SHA-256 of the others)."""
+    safetensors.torch.save_model(model, str(folder / MODEL_FILE), metadata={"format": "pt"})
+    safetensors.torch.save_file(opt_tensors, str(folder / OPTIMIZER_FILE), metadata={"format": "pt"})
+    state["files"] = {name: file_entry(folder / name) for name in (MODEL_FILE, OPTIMIZER_FILE)}
+    atomic_write_json(folder / STATE_FILE, state, indent=None)
 
 
 # ---------------------------------------------------------------- fit checks
@@ -179,27 +154,14 @@ def _check_optimizer_state(optimizer: torch.optim.Optimizer, sd: dict, path: Pat
 
 def write_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
                      state: dict) -> Path:
-    """Write model, optimizer and the JSON-friendly `state` to directory `path` atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    old = path.parent / f".{path.name}.previous"
+    """Write model, optimizer and the JSON-friendly `state` to directory `path` atomically; returns the path.
+
+    The state JSON gets this module's `format_version`, which `read_checkpoint` requires."""
     opt_tensors, opt_meta = _split_optimizer_state(optimizer.state_dict())
-    state = dict(state, optimizer=opt_meta)
-    tmp.mkdir()
-    try:
+    state = dict(state, format_version=FORMAT_VERSION, optimizer=opt_meta)
+    with atomic_directory(path) as tmp:
         _write_checkpoint_files(tmp, model, opt_tensors, state)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old.exists():
-        shutil.rmtree(old)
-    if path.exists():
-        os.rename(path, old)  # the previous good checkpoint stays until the new one is in place
-    os.rename(tmp, path)
-    _fsync(path.parent)
-    shutil.rmtree(old, ignore_errors=True)
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -209,10 +171,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
     `read_state` picks the caller's own entries out of the state JSON before anything changes;
     a KeyError, TypeError or ValueError it raises becomes a CheckpointError.
     """
-    path = Path(path)
-    old = path.parent / f".{path.name}.previous"
-    if not path.exists() and old.is_dir():  # interrupted between the two renames of a save
-        path = old
+    path = published(path)  # the previous folder if a save was interrupted between its two renames
     state, opt_tensors, model_tensors = read_checkpoint(path)
     _check_model_tensors(model, model_tensors, path)
     try:
@@ -251,11 +210,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, Tensor], d
         file, expected = path / name, state["files"].get(name)
         if not isinstance(expected, dict):
             raise CheckpointError(path / STATE_FILE, f"no size and checksum recorded for {name}")
-        size = file.stat().st_size
-        if size != expected.get("bytes"):
-            raise CheckpointError(file, f"{size} bytes, expected {expected.get('bytes')} (truncated or replaced)")
-        if _sha256(file) != expected.get("sha256"):
-            raise CheckpointError(file, "checksum mismatch (corrupt file)")
+        try:
+            check_entry(file, expected)
+        except IntegrityError as e:
+            raise CheckpointError(file, str(e).removeprefix(f"{file} ")) from None
         try:
             tensors[name] = safetensors.torch.load_file(str(file))
         except Exception as e:  # safetensors raises its own error type for a bad header

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 import warnings
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 from torch import Tensor, nn
 from torch.nn.utils import prune
 from torch.utils.data import DataLoader, Dataset
@@ -20,10 +19,20 @@ from torch.utils.data import DataLoader, Dataset
 from .data import ClassificationDataset, review_splits
 from .evaluation import accuracy
 from .finetuning import predict, text_loader
+from .model_cache import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    load_or_train,
+    publish,
+    read_json,
+    read_meta,
+    read_weights,
+    write_model_files,
+)
 from .tokenization import CharTokenizer
 from .training import TrainConfig, Trainer
 from .transformer import FeedForward, GPTConfig, GPTForSequenceClassification
-from .utils import atomic_directory, cache_dir, get_profile, seed_everything
+from .utils import cache_dir, get_profile, seed_everything
 
 DynamicQuantLinear = torch.ao.nn.quantized.dynamic.Linear
 
@@ -375,7 +384,7 @@ def student_dir(kind: str, profile: str | None = None, root: Path | None = None)
 def _stale(path: Path, teacher) -> bool:
     """True when the cached student was distilled from another version of the teacher than `teacher`."""
     try:
-        stored = json.loads((path / "meta.json").read_text(encoding="utf-8")).get("teacher_created")
+        stored = read_meta(path).get("teacher_created")
     except (OSError, ValueError):
         return True
     return stored != teacher.meta.get("created")
@@ -397,9 +406,8 @@ def load_student(kind: str, teacher, profile: str | None = None, root: Path | No
     when missing; published atomically."""
     profile = get_profile(profile).name
     path = student_dir(kind, profile, root)
-    if not (path / "model.safetensors").is_file() or _stale(path, teacher):
-        if not train_if_missing:
-            raise FileNotFoundError(f"no {kind} student distilled from this teacher at {path}")
+
+    def train() -> None:
         spec = DISTILL_SPECS[profile]
         result = train_student(teacher.model, teacher.tokenizer, spec, distill=kind == "distilled", progress=progress)
         splits = review_splits(seed=0)
@@ -410,16 +418,13 @@ def load_student(kind: str, teacher, profile: str | None = None, root: Path | No
                                                      teacher.model.cfg.max_len),
                 "teacher": str(teacher.path), "teacher_created": teacher.meta.get("created"),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        with atomic_directory(path) as tmp:
-            save_model(result["model"], str(tmp / "model.safetensors"))
-            (tmp / "config.json").write_text(json.dumps(result["model"].cfg.to_dict(), indent=2), encoding="utf-8")
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
-            (tmp / "history.json").write_text(json.dumps(result["history"]), encoding="utf-8")
-    try:
-        model = GPTForSequenceClassification(GPTConfig.from_dict(json.loads((path / "config.json").read_text("utf-8"))))
-        load_model(model, str(path / "model.safetensors"))
-        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-        history = json.loads((path / "history.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise ValueError(f"the student at {path} is unreadable ({err}); delete it to retrain") from err
-    return Student(model.eval(), meta, history, path)
+        with publish(path) as tmp:
+            write_model_files(tmp, result["model"], meta, config=result["model"].cfg.to_dict(),
+                              history=result["history"])
+
+    def read(folder: Path) -> Student:
+        model = GPTForSequenceClassification(GPTConfig.from_dict(read_json(folder, CONFIG_FILE)))
+        return Student(read_weights(model, folder), read_meta(folder), read_json(folder, HISTORY_FILE), folder)
+
+    return load_or_train(path, train, read, what=f"{kind} student distilled from this teacher",
+                         train_if_missing=train_if_missing, stale=lambda folder: _stale(folder, teacher))

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
 from torch.utils.data import DataLoader, Subset
 
 from .data.vision import DigitsDataset, digits_augmentation, digits_splits
 from .evaluation import accuracy, classification_metrics
+from .model_cache import load_or_train, publish, read_meta, read_weights, write_model_files
 from .training import Trainer, TrainConfig
-from .utils import atomic_directory, cache_dir, get_profile, seed_everything
+from .utils import cache_dir, get_profile, seed_everything
 from .vision import ResNetForImageClassification
 
 
@@ -90,24 +89,17 @@ def train_digits_classifier(profile: str | None = None, root: Path | None = None
             "preprocessing": {"mean": splits.mean, "std": splits.std}, "config": model.config,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     target = digits_dir(name, root)
-    with atomic_directory(target) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    with publish(target) as tmp:
+        write_model_files(tmp, model, meta)
     return target
 
 
 def load_digits_classifier(profile: str | None = None, root: Path | None = None, train_if_missing: bool = True,
                            progress: bool = False) -> DigitsClassifier:
     """Load the cached digit classifier of a profile, training it first when missing."""
-    path = digits_dir(profile, root)
-    if not (path / "model.safetensors").is_file():
-        if not train_if_missing:
-            raise FileNotFoundError(f"no trained digit classifier at {path}")
-        train_digits_classifier(profile, root, progress)
-    try:
-        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-        model = ResNetForImageClassification(**meta["config"])
-        load_model(model, str(path / "model.safetensors"))
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
-        raise ValueError(f"the digit classifier at {path} is unreadable ({err}); delete it to retrain") from err
-    return DigitsClassifier(model.eval(), meta, path)
+    def read(folder: Path) -> DigitsClassifier:
+        meta = read_meta(folder)
+        return DigitsClassifier(read_weights(ResNetForImageClassification(**meta["config"]), folder), meta, folder)
+
+    return load_or_train(digits_dir(profile, root), lambda: train_digits_classifier(profile, root, progress), read,
+                         what="trained digit classifier", train_if_missing=train_if_missing)

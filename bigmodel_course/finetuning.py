@@ -3,13 +3,11 @@ the cached sentiment classifier that later chapters (compression, deployment) st
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_model
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
@@ -17,11 +15,12 @@ from torch.utils.data import DataLoader
 
 from .data import ClassificationDataset, review_splits
 from .evaluation import accuracy
+from .model_cache import load_or_train, publish, write_model_files
 from .pretrained import Pretrained, load_pretrained, read_model_folder
 from .tokenization import CharTokenizer
 from .training import Trainer, TrainConfig
 from .transformer import EncoderConfig, EncoderForSequenceClassification, GPTConfig, GPTForSequenceClassification
-from .utils import atomic_directory, cache_dir, get_profile, seed_everything
+from .utils import cache_dir, get_profile, seed_everything
 
 
 @dataclass(frozen=True)
@@ -218,23 +217,20 @@ def train_sentiment_classifier(kind: str = "gpt", profile: str | None = None, ro
     meta = {"kind": kind, "profile": profile, "spec": spec.__dict__, "test_accuracy": result["test_accuracy"],
             "steps": result["steps"], "best_step": result["best_step"], "train_seconds": round(result["seconds"], 1),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    with atomic_directory(target) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2), encoding="utf-8")
-        pre.tokenizer.save(tmp / "tokenizer.json")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    with publish(target) as tmp:
+        write_model_files(tmp, model, meta, config=model.cfg.to_dict(), tokenizer=pre.tokenizer)
     return target
 
 
 def load_sentiment_classifier(kind: str = "gpt", profile: str | None = None, root: Path | None = None,
                               train_if_missing: bool = True, progress: bool = False) -> SentimentClassifier:
     """Load the fine-tuned sentiment classifier of a profile from the cache, fine-tuning it first when missing."""
-    path = sentiment_dir(kind, profile, root)
-    if not (path / "model.safetensors").is_file():
-        if not train_if_missing:
-            raise FileNotFoundError(f"no fine-tuned {kind} sentiment classifier at {path}")
-        train_sentiment_classifier(kind, profile, root, progress)
     cfg_cls, build = (EncoderConfig, EncoderForSequenceClassification) if kind == "bert" else \
         (GPTConfig, GPTForSequenceClassification)
-    model, tokenizer, meta = read_model_folder(path, cfg_cls, build, f"the {kind} sentiment classifier")
-    return SentimentClassifier(model, tokenizer, meta, path)
+
+    def read(folder: Path) -> SentimentClassifier:
+        return SentimentClassifier(*read_model_folder(folder, cfg_cls, build), folder)
+
+    return load_or_train(sentiment_dir(kind, profile, root),
+                         lambda: train_sentiment_classifier(kind, profile, root, progress), read,
+                         what=f"fine-tuned {kind} sentiment classifier", train_if_missing=train_if_missing)

@@ -1,13 +1,12 @@
 """Pre-train the course's small BERT (MLM + NSP) and GPT (causal LM) on the offline Chinese corpus, and load them.
 
-Models live in the cache directory, one folder per (model, profile):
+Models live in the cache directory (`model_cache`), one folder per (model, profile):
 `model.safetensors`, `config.json`, `tokenizer.json`, `history.json`, `meta.json` and `hf/`
 (the same weights as `transformers` BertForPreTraining / GPT2LMHeadModel, loadable offline).
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -15,16 +14,26 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from .data import LMBlockDataset, pretraining_corpus
+from .model_cache import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    TOKENIZER_FILE,
+    load_or_train,
+    publish,
+    read_json,
+    read_meta,
+    read_weights,
+    write_model_files,
+)
 from .pretraining import make_nsp_pairs, mask_tokens
 from .tokenization import CharTokenizer
-from .training import Trainer, TrainConfig, save_history
+from .training import Trainer, TrainConfig
 from .transformer import GPT, EncoderConfig, EncoderForPreTraining, GPTConfig
-from .utils import atomic_directory, cache_dir, get_profile, seed_everything
+from .utils import cache_dir, get_profile, seed_everything
 
 KINDS = ("bert", "gpt")
 
@@ -164,15 +173,11 @@ def pretrain(kind: str, profile: str = "full", root: Path | None = None, progres
 
 
 def _publish(model, tokenizer: CharTokenizer, history: list[dict], meta: dict, target: Path) -> Path:
-    """Write every file into a temporary sibling folder, then swap it in, so a crash never leaves half a model."""
+    """Publish the model folder atomically (with the `transformers` copy in hf/), so a crash never leaves half."""
     from .interop import encoder_to_hf, gpt_to_hf
 
-    with atomic_directory(target) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2), encoding="utf-8")
-        tokenizer.save(tmp / "tokenizer.json")
-        save_history(history, tmp / "history.json")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    with publish(target) as tmp:
+        write_model_files(tmp, model, meta, config=model.cfg.to_dict(), tokenizer=tokenizer, history=history)
         hf = encoder_to_hf(model) if meta["kind"] == "bert" else gpt_to_hf(model)
         hf.save_pretrained(tmp / "hf")
     return target
@@ -193,32 +198,19 @@ def load_pretrained(kind: str, profile: str | None = None, root: Path | None = N
                     train_if_missing: bool = True, progress: bool = True) -> Pretrained:
     """Load the pre-trained `kind` of a profile from the cache, pre-training it first when it is missing."""
     profile = get_profile(profile).name
-    path = model_dir(kind, profile, root)
-    if not (path / "model.safetensors").is_file():
-        if not train_if_missing:
-            raise FileNotFoundError(f"no pre-trained {kind} for profile {profile!r} at {path}; "
-                                    f"run `bigmodel-course pretrain --model {kind} --profile {profile}`")
-        pretrain(kind, profile, root, progress)
     build = EncoderForPreTraining if kind == "bert" else GPT
-    model, tokenizer, meta = read_model_folder(path, EncoderConfig if kind == "bert" else GPTConfig, build,
-                                               f"the pre-trained {kind}")
-    try:
-        history = json.loads((path / "history.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ValueError(f"the pre-trained {kind} at {path} is unreadable ({err}); delete it to retrain") from err
-    return Pretrained(model, tokenizer, history, meta, path)
+    cfg_cls = EncoderConfig if kind == "bert" else GPTConfig
+
+    def read(folder: Path) -> Pretrained:
+        model, tokenizer, meta = read_model_folder(folder, cfg_cls, build)
+        return Pretrained(model, tokenizer, read_json(folder, HISTORY_FILE), meta, folder)
+
+    return load_or_train(model_dir(kind, profile, root), lambda: pretrain(kind, profile, root, progress), read,
+                         what=f"pre-trained {kind}", train_if_missing=train_if_missing,
+                         missing_hint=f"; run `bigmodel-course pretrain --model {kind} --profile {profile}`")
 
 
-def read_model_folder(path: Path, cfg_cls: type, build: Callable, what: str):
-    """Read (model in eval mode, tokenizer, meta) from a cache folder of config/model/tokenizer/meta files.
-
-    Any unreadable file raises ValueError naming `what` and the folder (delete it to retrain)."""
-    try:
-        cfg = cfg_cls.from_dict(json.loads((path / "config.json").read_text(encoding="utf-8")))
-        model = build(cfg)
-        load_model(model, str(path / "model.safetensors"))
-        tokenizer = CharTokenizer.load(path / "tokenizer.json")
-        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise ValueError(f"{what} at {path} is unreadable ({err}); delete it to retrain") from err
-    return model.eval(), tokenizer, meta
+def read_model_folder(folder: Path, cfg_cls: type, build: Callable) -> tuple[torch.nn.Module, CharTokenizer, dict]:
+    """(model in eval mode, tokenizer, meta) of a cached folder of config/model/tokenizer/meta files."""
+    model = read_weights(build(cfg_cls.from_dict(read_json(folder, CONFIG_FILE))), folder)
+    return model, CharTokenizer.load(folder / TOKENIZER_FILE), read_meta(folder)

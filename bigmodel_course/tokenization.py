@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .utils import atomic_write_text
+from .files import atomic_write_text
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # ids 0..4 in both tokenizers

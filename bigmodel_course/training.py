@@ -37,8 +37,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm  # plain text bars: tqdm.auto warns in Jupyter without ipywidgets
 
 from . import checkpoints
-from .checkpoints import FORMAT_VERSION, rng_state
-from .checkpoints import CheckpointError, read_checkpoint  # noqa: F401  (re-exported; imported from here)
+from .checkpoints import rng_state
 from .utils import get_device, seed_everything
 
 # trainer attributes restored from a checkpoint's state JSON
@@ -430,7 +429,6 @@ class Trainer:
     def state(self) -> dict:
         """Everything but tensors needed to resume, as JSON-friendly data."""
         return {
-            "format_version": FORMAT_VERSION,
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "best_metric": self.best_metric, "best_step": self.best_step,
             "bad_evals": self.bad_evals, "should_stop": self.should_stop,

@@ -1,5 +1,7 @@
 """Pre-training entry points (ci profile, tiny and fast) and the cache they publish to."""
 
+import shutil
+
 import pytest
 import torch
 from transformers import BertForMaskedLM, GPT2LMHeadModel
@@ -79,10 +81,13 @@ def test_loading_reuses_the_cache_and_reports_problems(root, tmp_path):
     with pytest.raises(FileNotFoundError, match="bigmodel-course pretrain --model bert --profile ci"):
         load_pretrained("bert", "ci", root=tmp_path, train_if_missing=False)
     broken = model_dir("gpt", "ci", tmp_path)
-    broken.mkdir(parents=True)
+    shutil.copytree(model_dir("gpt", "ci", root), broken)
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(ValueError, match="unreadable"):
+    with pytest.raises(ValueError, match="unreadable .*model.safetensors has 22 bytes.*delete it to retrain"):
         load_pretrained("gpt", "ci", root=tmp_path)
+    (broken / "manifest.json").unlink()  # a folder never completely published counts as missing
+    with pytest.raises(FileNotFoundError, match="no pre-trained gpt"):
+        load_pretrained("gpt", "ci", root=tmp_path, train_if_missing=False)
     with pytest.raises(ValueError, match="unknown model 't5'"):
         pretrain("t5", "ci", root=tmp_path)
     with pytest.raises(ValueError, match="unknown run profile 'huge'"):

@@ -18,7 +18,8 @@ from bigmodel_course.serving import (
 )
 from bigmodel_course.serving import registry as registry_module
 from bigmodel_course.serving.architectures import check_architecture
-from bigmodel_course.serving.registry import check_name, check_version, file_sha256
+from bigmodel_course.files import sha256_file
+from bigmodel_course.serving.registry import check_name, check_version
 from bigmodel_course.tokenization import CharTokenizer
 from bigmodel_course.transformer import EncoderConfig, GPTConfig
 from bigmodel_course.vision import ViTConfig
@@ -69,9 +70,9 @@ def test_publish_numbers_versions_and_writes_a_card(reg, tokenizer_file):
     folder = reg.root / "reviews" / "v1"
     assert sorted(p.name for p in folder.iterdir()) == ["card.json", "model.safetensors", "tokenizer.json"]
     stored = json.loads((folder / "card.json").read_text(encoding="utf-8"))
-    assert stored["sha256"] == file_sha256(folder / "model.safetensors") == first.sha256
+    assert stored["sha256"] == sha256_file(folder / "model.safetensors") == first.sha256
     assert stored["weights_bytes"] == (folder / "model.safetensors").stat().st_size
-    assert stored["files"]["tokenizer.json"]["sha256"] == file_sha256(tokenizer_file)
+    assert stored["files"]["tokenizer.json"]["sha256"] == sha256_file(tokenizer_file)
     assert stored["metrics"] == {"accuracy": 0.81, "f1": 0.8} and stored["labels"] == ["负面", "正面"]
     assert stored["config"] == cfg and stored["preprocessing"] == {"max_len": 32}
     assert stored["num_parameters"] == sum(p.numel() for p in model.parameters())
@@ -215,7 +216,7 @@ def test_load_verifies_sha256_of_every_file(reg, tokenizer_file):
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF  # flip one weight byte
     weights.write_bytes(bytes(data))
-    with pytest.raises(RegistryError, match=f"{weights}.*sha256.*changed after publishing"):
+    with pytest.raises(RegistryError, match=f"{weights} has sha256.*changed after it was recorded"):
         reg.load("digits", "v1")
     cfg = gpt_config(tokenizer_file)
     reg.publish("reviews", build_model("gpt_classifier", cfg), task="text", architecture="gpt_classifier",
@@ -255,7 +256,7 @@ def test_failed_publish_leaves_no_half_version(reg, monkeypatch):
     with pytest.raises(RuntimeError, match="cannot serialise"):
         publish_vit(reg)
     assert [c.version for c in reg.versions("digits")] == ["v1"]
-    assert sorted(p.name for p in (reg.root / "digits").iterdir()) == ["v1"]
+    assert sorted(p.name for p in (reg.root / "digits").iterdir()) == [".lock", "v1"]  # no temporary folder
     monkeypatch.undo()
     assert publish_vit(reg).version == "v2"
 
@@ -318,40 +319,6 @@ def test_architectures_build_models_that_return_logits(tmp_path):
     with pytest.raises(ValueError, match="'encoder_classifier' makes text models, not image models"):
         check_architecture("encoder_classifier", "image")
     assert check_architecture("resnet18_small", "image") == "resnet18_small"
-
-
-def test_storage_helpers(tmp_path):
-    import hashlib
-    import os
-    import time
-
-    from bigmodel_course.serving.storage import LockTimeout, file_entry, fsync_path, locked, write_json_atomic
-
-    data = os.urandom(3 << 20)  # more than one 1 MiB chunk
-    (tmp_path / "blob").write_bytes(data)
-    assert file_sha256(tmp_path / "blob") == hashlib.sha256(data).hexdigest()
-    assert file_entry(tmp_path / "blob") == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    write_json_atomic(tmp_path / "x.json", {"名字": [1, 2]})
-    write_json_atomic(tmp_path / "x.json", {"version": "v2"})
-    assert json.loads((tmp_path / "x.json").read_text(encoding="utf-8")) == {"version": "v2"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob", "x.json"]  # no temporary files left
-    with pytest.raises(TypeError):
-        write_json_atomic(tmp_path / "y.json", {"bad": object()})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob", "x.json"]
-    fsync_path(tmp_path / "blob")
-    fsync_path(tmp_path)
-    with locked(tmp_path):
-        assert (tmp_path / ".lock").is_file()
-        with pytest.raises(LockTimeout, match="locked by another process"):
-            with locked(tmp_path, timeout=0.05):
-                pass  # pragma: no cover
-    assert not (tmp_path / ".lock").exists()
-    (tmp_path / ".lock").write_text("12345")  # left behind by a crashed process
-    old = time.time() - 1000
-    os.utime(tmp_path / ".lock", (old, old))
-    with locked(tmp_path, timeout=0.05, stale=100):
-        pass
-    assert not (tmp_path / ".lock").exists()
 
 
 def test_name_and_version_predicates():

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from bigmodel_course.checkpoints import read_checkpoint
 from bigmodel_course.training import (
-    Trainer, TrainConfig, load_history, lr_lambda, param_groups, plot_history,
-    read_checkpoint, save_history,
+    Trainer, TrainConfig, load_history, lr_lambda, param_groups, plot_history, save_history,
 )
 from bigmodel_course.transformer import GPT, GPTConfig, ModelOutput
 

@@ -6,8 +6,6 @@ matplotlib.use("Agg")
 
 from bigmodel_course import plotting  # noqa: E402
 from bigmodel_course.utils import (  # noqa: E402
-    atomic_directory,
-    atomic_write_text,
     cache_dir,
     count_parameters,
     get_device,
@@ -95,20 +93,3 @@ def test_table_renders_html_and_markdown_and_checks_widths():
 def test_heatmap_shared_scale_and_labels():
     ax = plotting.plot_attention(torch.rand(2, 2), vmax=1.0, xlabel="句子", ylabel="句子", colorbar=False)
     assert ax.images[0].get_clim() == (0.0, 1.0) and ax.get_xlabel() == "句子"
-
-
-def test_atomic_directory_replaces_whole_or_keeps_the_old(tmp_path):
-    target = tmp_path / "model"
-    with atomic_directory(target) as tmp:
-        (tmp / "a.txt").write_text("v1")
-    assert (target / "a.txt").read_text() == "v1"
-    with pytest.raises(RuntimeError, match="crash"):
-        with atomic_directory(target) as tmp:
-            (tmp / "a.txt").write_text("v2-half")
-            raise RuntimeError("crash")
-    assert (target / "a.txt").read_text() == "v1" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-    with atomic_directory(target) as tmp:
-        (tmp / "b.txt").write_text("v2")
-    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
-    atomic_write_text(tmp_path / "x" / "t.json", "{}")
-    assert (tmp_path / "x" / "t.json").read_text() == "{}"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .checks import RegistryError
 from .registry import ModelRegistry
-from .storage import write_json_atomic
+from ..files import atomic_write_json
 
 CANARY_FILE = "canary.json"
 
@@ -46,7 +46,7 @@ def set_canary(registry: ModelRegistry, name: str, version: str, fraction: float
         raise RegistryError(f"model {name!r} has no promoted version; promote one before starting a canary") from None
     if promoted == card.version:
         raise RegistryError(f"{name} {version} is already the promoted version; a canary needs another version")
-    write_json_atomic(registry.root / name / CANARY_FILE, {"version": card.version, "fraction": fraction})
+    atomic_write_json(registry.root / name / CANARY_FILE, {"version": card.version, "fraction": fraction})
     return Canary(card.version, fraction)
 
 

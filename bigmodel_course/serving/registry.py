@@ -9,7 +9,8 @@ Layout of a registry root::
     <root>/<name>/promoted.json          {"version": "v2", "history": ["v1", "v2"]}: promotions, newest last
 
 A version folder is written as a hidden temporary folder and renamed into place, so a reader sees a
-version completely or not at all; version numbers and the promoted pointer change under a lock file.
+version completely or not at all; version numbers and the promoted pointer change under an OS-level file
+lock (`<root>/<name>/.lock`, `filelock`), which dies with its holder, so it never needs breaking.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import json
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -44,13 +45,25 @@ from .checks import (
     is_version,
     version_number,
 )
-from .storage import LockTimeout, file_entry, file_sha256, fsync_path, locked, write_json_atomic
+from ..files import (
+    IntegrityError,
+    LockTimeout,
+    atomic_write_json,
+    check_entry,
+    file_entry,
+    file_lock,
+    publish_directory,
+    staging_directory,
+)
 
-__all__ = ["ModelCard", "ModelNotFoundError", "ModelRegistry", "RegistryError", "check_name", "check_version",
-           "file_sha256"]
+if TYPE_CHECKING:
+    from .loaded import LoadedModel
+
+__all__ = ["ModelCard", "ModelNotFoundError", "ModelRegistry", "RegistryError", "check_name", "check_version"]
 
 CARD_FORMAT, CARD_FORMAT_VERSION = "bigmodel_course.ModelCard", 1
 WEIGHTS_FILE, CARD_FILE, POINTER_FILE, TOKENIZER_FILE = "model.safetensors", "card.json", "promoted.json", "tokenizer.json"
+LOCK_FILE = ".lock"
 RESERVED_FILES = (WEIGHTS_FILE, CARD_FILE)
 
 
@@ -100,12 +113,12 @@ class ModelCard:
 
 @contextmanager
 def _registry_lock(folder: Path) -> Iterator[None]:
-    """The folder's lock file; RegistryError when another process holds it too long."""
+    """The model folder's lock; RegistryError when another process holds it too long."""
     try:
-        with locked(folder):
+        with file_lock(folder / LOCK_FILE):
             yield
     except LockTimeout as e:
-        raise RegistryError(f"registry folder {e}") from None
+        raise RegistryError(f"registry lock {e}") from None
 
 
 def _software() -> dict[str, str]:
@@ -220,7 +233,7 @@ class ModelRegistry:
             history = self._pointer(folder).get("history", [])
             if not history or history[-1] != version:
                 history = [*history, version]
-            write_json_atomic(folder / POINTER_FILE, {"version": version, "history": history})
+            atomic_write_json(folder / POINTER_FILE, {"version": version, "history": history})
         card.promoted = True
         return card
 
@@ -235,7 +248,7 @@ class ModelRegistry:
             history = history[:-1]
             if not (folder / history[-1]).is_dir():
                 raise RegistryError(f"cannot roll back {name!r}: version {history[-1]} no longer exists")
-            write_json_atomic(folder / POINTER_FILE, {"version": history[-1], "history": history})
+            atomic_write_json(folder / POINTER_FILE, {"version": history[-1], "history": history})
         return self.card(name, history[-1])
 
     # ------------------------------------------------------------ writing
@@ -278,12 +291,9 @@ class ModelRegistry:
         n_params = check_model(model, architecture, config, task, len(labels))
 
         folder = self.root / name
-        folder.mkdir(exist_ok=True)
-        tmp = folder / f".tmp-{uuid.uuid4().hex}"
-        tmp.mkdir()
-        try:
-            import safetensors.torch
+        import safetensors.torch
 
+        with staging_directory(folder, "version") as tmp:
             safetensors.torch.save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
             for file_name, source in extra.items():
                 shutil.copyfile(source, tmp / file_name)
@@ -300,15 +310,8 @@ class ModelRegistry:
                 )
                 stored = {"format": CARD_FORMAT, "format_version": CARD_FORMAT_VERSION, **card.to_dict()}
                 del stored["promoted"]
-                write_json_atomic(tmp / CARD_FILE, stored)
-                for path in tmp.iterdir():
-                    fsync_path(path)
-                fsync_path(tmp)
-                os.rename(tmp, folder / version)
-                fsync_path(folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+                atomic_write_json(tmp / CARD_FILE, stored)
+                publish_directory(tmp, folder / version)
         return card
 
     def _check_tokenizer(self, extra: dict[str, Path], config: dict) -> None:
@@ -334,13 +337,10 @@ class ModelRegistry:
         if WEIGHTS_FILE not in card.files or card.files[WEIGHTS_FILE]["sha256"] != card.sha256:
             raise RegistryError(f"{folder / CARD_FILE} does not record the weights' sha256")
         for file_name, expected in card.files.items():
-            path = folder / file_name
-            if not path.is_file():
-                raise RegistryError(f"{path} is missing")
-            actual = file_sha256(path)
-            if actual != expected["sha256"]:
-                raise RegistryError(f"{path} has sha256 {actual[:12]}…, but the card records "
-                                    f"{expected['sha256'][:12]}…: the file changed after publishing")
+            try:
+                check_entry(folder / file_name, expected)
+            except IntegrityError as e:
+                raise RegistryError(str(e)) from None
         return card
 
     def load(self, name: str, version: str | None = None, device: str | torch.device = "cpu") -> "LoadedModel":

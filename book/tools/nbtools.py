@@ -6,10 +6,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import nbformat
+
+from bigmodel_course.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAPTERS = ROOT / "chapters"
@@ -72,12 +73,9 @@ def coalesce_streams(nb: nbformat.NotebookNode) -> None:
 
 
 def write_atomic(nb: nbformat.NotebookNode, path: Path) -> None:
-    """Write a notebook via a temporary file and rename, so a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".ipynb.tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        nbformat.write(nb, fh)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600 files; notebooks are ordinary readable files
-    os.replace(tmp, path)
+    """Write a notebook atomically (bigmodel_course.files: temporary file, fsync, rename)."""
+    text = nbformat.writes(nb)
+    atomic_write_text(path, text if text.endswith("\n") else text + "\n")
 
 
 def execute(path: Path, profile: str, output: Path, timeout: int = 3600) -> nbformat.NotebookNode:
