@@ -196,7 +196,8 @@ class MultiHeadAttention(nn.Module):
         self,
         query: Tensor,
         key: Tensor | None = None,
-        attention_mask: Tensor | None = None,
+        *,
+        padding_mask: Tensor | None = None,
         attn_mask: Tensor | None = None,
         is_causal: bool = False,
         kv_cache: KVCache | None = None,
@@ -204,8 +205,13 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from `query` (B, L, d) to `key` (B, S, d; defaults to `query`).
 
-        attention_mask: (B, S_total) with 1/True for real tokens (S_total includes cached keys).
-        attn_mask: bool, broadcastable to (B, H, L, S_total), True = attend.
+        padding_mask: key padding mask (B, S_total), True/1 = real token, False/0 = padding, like Hugging
+            Face's attention_mask (S_total includes cached keys). torch.nn.MultiheadAttention's
+            key_padding_mask is the opposite (True = ignore): pass ~mask there.
+        attn_mask: bool mask over (query, key) positions, True = may attend (torch SDPA's convention): shape
+            (L, S_total) or (..., L, S_total) broadcastable to (B, H, L, S_total); float (additive) masks are
+            rejected. Both masks and `is_causal` combine by logical and.
+        is_causal: also hide later keys from each query (queries are the last L of the S_total positions).
         kv_cache: keys/values of earlier steps; updated in place with this step's.
         Returns (output (B, L, d), weights (B, H, L, S_total) or None).
         """
@@ -225,12 +231,15 @@ class MultiHeadAttention(nn.Module):
         weights = None
         if return_weights or not self.fused:
             out = scaled_dot_product_attention(
-                q, k, v, attn_mask, attention_mask, is_causal, p, return_weights=return_weights
+                q, k, v, attn_mask=attn_mask, key_padding_mask=padding_mask, is_causal=is_causal,
+                dropout_p=p, return_weights=return_weights,
             )
             if return_weights:
                 out, weights = out
         else:
-            out = fused_attention(q, k, v, attn_mask, attention_mask, is_causal, p)
+            out = fused_attention(
+                q, k, v, attn_mask=attn_mask, key_padding_mask=padding_mask, is_causal=is_causal, dropout_p=p
+            )
         B, _, L, _ = out.shape
         out = out.transpose(1, 2).reshape(B, L, self.d_model)
         return self.out_proj(out), weights

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from .attention import MultiHeadAttention
+from .timing import percentiles, timed
 
 
 @dataclass
@@ -27,7 +27,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(fns: dict[str, Callable[[], None]], device: torch.device, rounds: int, warmup: int = 3) -> dict[str, float]:
+def time_interleaved(
+    fns: dict[str, Callable[[], None]], device: torch.device, rounds: int, warmup: int = 3
+) -> dict[str, float]:
     """Median seconds per call of each function, timed round-robin so machine noise hits all alike."""
     samples = time_interleaved_samples(fns, device, rounds, warmup)
     return {name: statistics.median(ts) for name, ts in samples.items()}
@@ -71,7 +73,7 @@ def bench_gpt(
     n_layers: int = 4, width: int = 128, heads: int = 4, context: int = 128, vocab: int = 5000,
     batch: int = 16, rounds: int = 20, device: torch.device | None = None,
 ) -> list[BenchResult]:
-    """Training-step time (forward, loss, backward, AdamW) of our GPT and `transformers` GPT2LMHeadModel, same weights."""
+    """Training-step time (forward, loss, backward, AdamW): our GPT vs transformers' GPT2LMHeadModel, same weights."""
     from .interop import gpt_to_hf
     from .transformer import GPT, GPTConfig
 
@@ -143,8 +145,16 @@ def bench_compression(profile: str | None = None, rounds: int = 30, progress: bo
     import tempfile
     from pathlib import Path
 
-    from .compression import (DISTILL_SPECS, classifier_accuracy, file_size_mb, load_student, magnitude_prune,
-                              prune_ffn_neurons, quantize_int8, save_weights)
+    from .compression import (
+        DISTILL_SPECS,
+        classifier_accuracy,
+        file_size_mb,
+        load_student,
+        magnitude_prune,
+        prune_ffn_neurons,
+        quantize_int8,
+        save_weights,
+    )
     from .data import review_splits
     from .finetuning import load_sentiment_classifier
     from .utils import get_profile
@@ -152,7 +162,8 @@ def bench_compression(profile: str | None = None, rounds: int = 30, progress: bo
     profile = get_profile(profile).name
     teacher = load_sentiment_classifier("gpt", profile, progress=progress)
     model, tokenizer, max_len = teacher.model.cpu().eval(), teacher.tokenizer, teacher.model.cfg.max_len
-    students = {kind: load_student(kind, teacher, profile, progress=progress).model for kind in ("distilled", "control")}
+    students = {kind: load_student(kind, teacher, profile, progress=progress).model
+                for kind in ("distilled", "control")}
     variants = {
         "teacher fp32": model,
         f"magnitude pruned {sparsity:.0%}": magnitude_prune(model, sparsity),
@@ -261,11 +272,7 @@ def time_interleaved_samples(fns: dict[str, Callable[[], None]], device: torch.d
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timed(fn, sync=lambda: _sync(device))[1])
     return times
 
 
@@ -281,18 +288,10 @@ class LatencyStats:
 
 
 def latency_stats(name: str, seconds: list[float], batch: int = 1) -> LatencyStats:
-    """p50 and p99 (linear interpolation, like numpy.percentile) of per-call seconds, and frames per second."""
+    """p50 and p99 (numpy.percentile, linear interpolation) of per-call seconds, and frames per second."""
     if not seconds:
         raise ValueError("no timings")
     if not isinstance(batch, int) or batch <= 0:
         raise ValueError(f"batch must be a positive int, got {batch!r}")
-    ordered = sorted(seconds)
-
-    def pct(q: float) -> float:
-        pos = q / 100 * (len(ordered) - 1)
-        lo = int(pos)
-        hi = min(lo + 1, len(ordered) - 1)
-        return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-    p50 = pct(50)
-    return LatencyStats(name, batch, 1e3 * p50, 1e3 * pct(99), batch / p50)
+    p50, p99 = percentiles(seconds, (50, 99))
+    return LatencyStats(name, batch, 1e3 * p50, 1e3 * p99, batch / p50)

@@ -120,8 +120,19 @@ class Embeddings(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None, offset: int = 0) -> Tensor:
-        """Embed (B, T) token ids whose first token sits at position `offset`."""
-        check_token_ids(input_ids, self.cfg.vocab_size, "input_ids")
+        """Embed (B, T) token ids whose first token sits at position `offset`.
+
+        The one place a forward pass validates its ids: input_ids and any given token_type_ids are
+        range-checked together, with one device sync.
+        """
+        ids_to_check = [(input_ids, self.cfg.vocab_size, "input_ids")]
+        if self.token_type is not None and token_type_ids is not None:
+            ids_to_check.append((token_type_ids, self.cfg.type_vocab_size, "token_type_ids"))
+        _check_id_tensors(ids_to_check)
+        if self.token_type is not None and token_type_ids is not None and token_type_ids.shape != input_ids.shape:
+            raise ValueError(
+                f"token_type_ids has shape {tuple(token_type_ids.shape)}, input_ids {tuple(input_ids.shape)}"
+            )
         T = input_ids.shape[1]
         if offset + T > self.cfg.max_len:
             raise ValueError(
@@ -133,12 +144,7 @@ class Embeddings(nn.Module):
             x = x + self.position(T, offset)
         if self.token_type is not None:
             if token_type_ids is None:
-                token_type_ids = torch.zeros_like(input_ids)
-            check_token_ids(token_type_ids, self.cfg.type_vocab_size, "token_type_ids")
-            if token_type_ids.shape != input_ids.shape:
-                raise ValueError(
-                    f"token_type_ids has shape {tuple(token_type_ids.shape)}, input_ids {tuple(input_ids.shape)}"
-                )
+                token_type_ids = torch.zeros_like(input_ids)  # segment 0 everywhere: valid, nothing to check
             x = x + self.token_type(token_type_ids)
         if self.norm is not None:
             x = self.norm(x)
@@ -147,14 +153,25 @@ class Embeddings(nn.Module):
 
 def check_token_ids(ids: Tensor, vocab_size: int, name: str = "input_ids") -> None:
     """Raise ValueError unless `ids` is a (batch, length) integer tensor with values in [0, vocab_size)."""
-    if not isinstance(ids, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
-    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise ValueError(f"{name} must be an integer tensor (torch.long), got {ids.dtype}")
-    if ids.dim() != 2:
-        raise ValueError(f"{name} must have shape (batch, length), got {tuple(ids.shape)}")
-    if ids.numel():
-        low, high = (int(t) for t in torch.aminmax(ids))
+    _check_id_tensors([(ids, vocab_size, name)])
+
+
+def _check_id_tensors(checks: list[tuple[Tensor, int, str]]) -> None:
+    """Check each (ids, vocab_size, name) like `check_token_ids`, reading all min/max values in one device sync."""
+    for ids, _, name in checks:
+        if not isinstance(ids, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(ids).__name__}")
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise ValueError(f"{name} must be an integer tensor (torch.long), got {ids.dtype}")
+        if ids.dim() != 2:
+            raise ValueError(f"{name} must have shape (batch, length), got {tuple(ids.shape)}")
+    checks = [c for c in checks if c[0].numel()]
+    if not checks:
+        return
+    device = checks[0][0].device
+    bounds = torch.cat([torch.stack(torch.aminmax(ids)).to(device, torch.long) for ids, _, _ in checks]).tolist()
+    for i, (_, vocab_size, name) in enumerate(checks):
+        low, high = bounds[2 * i], bounds[2 * i + 1]
         if low < 0 or high >= vocab_size:
             raise ValueError(f"{name} values must lie in [0, {vocab_size}), got min={low}, max={high}")
 
@@ -203,14 +220,15 @@ class TransformerBlock(nn.Module):
     def forward(
         self,
         x: Tensor,
-        attention_mask: Tensor | None = None,
+        *,
+        padding_mask: Tensor | None = None,
         kv_cache: KVCache | None = None,
         return_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
-        """Transform x (B, T, d); returns (x, attention weights or None)."""
+        """Transform x (B, T, d); padding_mask (B, past + T) is True/1 at real tokens. Returns (x, weights or None)."""
         def attend(h: Tensor) -> tuple[Tensor, Tensor | None]:
             out, w = self.attn(
-                h, attention_mask=attention_mask, is_causal=self.causal,
+                h, padding_mask=padding_mask, is_causal=self.causal,
                 kv_cache=kv_cache, return_weights=return_weights,
             )
             return self.attn_drop(out), w
@@ -265,7 +283,6 @@ class TransformerStack(nn.Module):
         return_attention: bool = False,
     ) -> ModelOutput:
         """Hidden states (B, T, d) for token ids (B, T); attention_mask (B, past + T) marks real tokens."""
-        check_token_ids(input_ids, self.cfg.vocab_size)
         past = 0
         if kv_cache is not None:
             if not self.causal:
@@ -273,17 +290,19 @@ class TransformerStack(nn.Module):
             if len(kv_cache) != len(self.layers):
                 raise ValueError(f"kv_cache has {len(kv_cache)} entries, the model {len(self.layers)} layers")
             past = len(kv_cache[0])
+        x = self.embeddings(input_ids, token_type_ids, offset=past)  # validates input_ids (once per forward)
         B, T = input_ids.shape
         _check_attention_mask(attention_mask, B, past + T)
-        x = self.embeddings(input_ids, token_type_ids, offset=past)
         attentions = []
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
         for i, layer in enumerate(self.layers):
             cache = None if kv_cache is None else kv_cache[i]
             if recompute:
-                x, w = checkpoint(layer, x, attention_mask, None, return_attention, use_reentrant=False)
+                x, w = checkpoint(
+                    layer, x, padding_mask=attention_mask, return_weights=return_attention, use_reentrant=False
+                )
             else:
-                x, w = layer(x, attention_mask, cache, return_attention)
+                x, w = layer(x, padding_mask=attention_mask, kv_cache=cache, return_weights=return_attention)
             attentions.append(w)
         if self.final_norm is not None:
             x = self.final_norm(x)

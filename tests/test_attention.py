@@ -98,11 +98,35 @@ def test_mha_equals_torch_multihead_attention_self_causal_padding(fused):
     x = torch.randn(2, 5, 16)
     pad = padding()
     causal = causal_mask(5, 5)
-    out, _ = ours(x, attention_mask=pad, is_causal=True)
+    out, _ = ours(x, padding_mask=pad, is_causal=True)
     # torch's masks are True where attention is *not* allowed
     expected, _ = ref(x, x, x, key_padding_mask=~pad, attn_mask=~causal, need_weights=False)
     valid = pad  # rows of padding queries may differ (both are arbitrary); compare real tokens
     torch.testing.assert_close(out[valid], expected[valid], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_mha_padding_mask_and_attn_mask_combine_like_torch(fused):
+    ours = MultiHeadAttention(16, 4, fused=fused).eval()
+    ref = copy_to_torch_mha(ours)
+    x, pad = torch.randn(2, 5, 16), padding()
+    allowed = (torch.rand(5, 5) > 0.3) | torch.eye(5, dtype=torch.bool)  # every query sees at least itself
+    out, _ = ours(x, padding_mask=pad.long(), attn_mask=allowed)  # 1/0 padding masks work like True/False
+    expected, _ = ref(x, x, x, key_padding_mask=~pad, attn_mask=~allowed, need_weights=False)
+    valid = pad & (allowed.unsqueeze(0) & pad.unsqueeze(1)).any(-1)  # real queries that see a real key
+    torch.testing.assert_close(out[valid], expected[valid], atol=1e-5, rtol=1e-5)
+
+
+def test_mha_masks_are_keyword_only_with_clear_errors():
+    mha, x = MultiHeadAttention(16, 4), torch.randn(2, 5, 16)
+    with pytest.raises(TypeError):
+        mha(x, None, padding())  # positional masks are refused: padding_mask and attn_mask are easy to swap
+    with pytest.raises(TypeError, match="attention_mask"):
+        mha(x, attention_mask=padding())  # the old name
+    with pytest.raises(ValueError, match=r"padding mask has shape \(2, 4\); expected \(batch=2, keys=5\)"):
+        mha(x, padding_mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="attn_mask must be a bool tensor"):
+        mha(x, attn_mask=torch.zeros(5, 5))
 
 
 def test_mha_cross_attention_equals_torch():

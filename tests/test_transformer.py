@@ -1,3 +1,5 @@
+from unittest.mock import patch
+
 import pytest
 import torch
 
@@ -87,7 +89,8 @@ def test_heads_return_logits_and_losses():
     mlm_labels = torch.full_like(ids, -100)
     mlm_labels[:, 2] = ids[:, 2]
     out = EncoderForMaskedLM(small(EncoderConfig))(ids, mask, labels=mlm_labels)
-    assert out.logits.shape == (3, 7, 50) and out.loss.item() == pytest.approx(torch.log(torch.tensor(50.0)).item(), rel=0.1)
+    assert out.logits.shape == (3, 7, 50)
+    assert out.loss.item() == pytest.approx(torch.log(torch.tensor(50.0)).item(), rel=0.1)
     out = GPT(small())(ids, labels=ids)
     assert out.loss.item() > 0
 
@@ -123,6 +126,47 @@ def test_bad_inputs_give_clear_errors():
         small(position="alibi")
     with pytest.raises(ValueError, match="KV cache only makes sense"):
         TransformerEncoder(small(EncoderConfig)).stack(torch.zeros(1, 2, dtype=torch.long), kv_cache=[])
+
+
+def test_bad_token_ids_raise_a_clear_error():
+    gpt, encoder = GPT(small()), TransformerEncoder(small(EncoderConfig))
+    with pytest.raises(ValueError, match=r"input_ids values must lie in \[0, 50\), got min=-1, max=3"):
+        gpt(torch.tensor([[3, -1]]))
+    with pytest.raises(ValueError, match=r"input_ids values must lie in \[0, 50\), got min=0, max=99"):
+        encoder(torch.tensor([[0, 99]]))
+    with pytest.raises(ValueError, match=r"token_type_ids values must lie in \[0, 2\), got min=0, max=2"):
+        encoder(torch.tensor([[1, 2]]), token_type_ids=torch.tensor([[0, 2]]))
+    with pytest.raises(ValueError, match=r"token_type_ids has shape \(1, 1\), input_ids \(1, 2\)"):
+        encoder(torch.tensor([[1, 2]]), token_type_ids=torch.tensor([[0]]))
+
+
+def test_token_ids_are_checked_once_per_forward():
+    import bigmodel_course.transformer as T
+
+    gpt, encoder = GPT(small()).eval(), T.EncoderForSequenceClassification(small(EncoderConfig)).eval()
+    ids = torch.randint(0, 50, (2, 6))
+    with patch.object(T, "_check_id_tensors", wraps=T._check_id_tensors) as check, \
+            patch("torch.aminmax", wraps=torch.aminmax) as aminmax:
+        gpt(ids)
+        assert (check.call_count, aminmax.call_count) == (1, 1)
+        cache = gpt.new_cache()
+        gpt(ids[:, :4], kv_cache=cache)
+        gpt(ids[:, 4:5], kv_cache=cache)
+        assert (check.call_count, aminmax.call_count) == (3, 3)
+        check.reset_mock(), aminmax.reset_mock()
+        encoder(ids, torch.ones_like(ids))
+        assert (check.call_count, aminmax.call_count) == (1, 1)
+        encoder(ids, token_type_ids=torch.zeros_like(ids))  # ids and segments: one check, one device sync
+        assert (check.call_count, aminmax.call_count) == (2, 3)
+        assert [name for _, _, name in check.call_args.args[0]] == ["input_ids", "token_type_ids"]
+
+
+def test_block_takes_the_padding_mask_by_keyword():
+    block = TransformerBlock(small()).eval()
+    x = torch.randn(2, 5, 32)
+    torch.testing.assert_close(block(x, padding_mask=torch.ones(2, 5))[0], block(x)[0])
+    with pytest.raises(TypeError):
+        block(x, torch.ones(2, 5))
 
 
 def test_kv_cache_longer_than_the_position_table_is_rejected():
@@ -162,10 +206,12 @@ def test_gradient_checkpointing_gives_identical_gradients_with_dropout():
     ckpt.load_state_dict(plain.state_dict())
     assert set_gradient_checkpointing(ckpt) == 1
     ids = torch.randint(0, 50, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, 9:] = 0  # the padding mask reaches the checkpointed blocks too
     grads = []
     for model in (plain, ckpt):
         torch.manual_seed(1)  # the same dropout masks; checkpointing replays them in the recomputation
-        model(ids, labels=ids).loss.backward()
+        model(ids, mask, labels=ids).loss.backward()
         grads.append({k: p.grad for k, p in model.named_parameters()})
     for k, g in grads[0].items():
         torch.testing.assert_close(grads[1][k], g, atol=0, rtol=0)

@@ -12,8 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
+from ..timing import percentiles, timed
 from .registry import ModelCard, ModelRegistry
 
 TINY_TEXTS = (
@@ -84,12 +83,12 @@ class LoadTestResult:
     @property
     def p50_ms(self) -> float:
         """Median latency in milliseconds."""
-        return float(np.percentile(self.latencies_ms, 50))
+        return percentiles(self.latencies_ms, (50,))[0]
 
     @property
     def p99_ms(self) -> float:
         """99th-percentile latency in milliseconds."""
-        return float(np.percentile(self.latencies_ms, 99))
+        return percentiles(self.latencies_ms, (99,))[0]
 
     @property
     def requests_per_second(self) -> float:
@@ -107,7 +106,7 @@ class LoadTestResult:
 
 def run_load_test(base_url: str, payloads: Sequence[tuple[str, dict]], requests: int = 2000,
                   concurrency: int = 16, timeout: float = 30.0) -> LoadTestResult:
-    """POST `requests` JSON requests (cycling through `payloads`) from `concurrency` threads; any non-200 is an error."""
+    """POST `requests` JSON requests (cycling through `payloads`) from `concurrency` threads; non-200 is an error."""
     try:
         import httpx
     except ImportError:  # pragma: no cover - httpx is a dev dependency
@@ -122,6 +121,12 @@ def run_load_test(base_url: str, payloads: Sequence[tuple[str, dict]], requests:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
     with httpx.Client(base_url=base_url, limits=limits, timeout=timeout) as client:
+        def post(path: str, body: dict) -> str:
+            try:
+                return str(client.post(path, json=body).status_code)
+            except httpx.HTTPError as e:
+                return type(e).__name__
+
         def worker() -> None:
             while True:
                 with lock:
@@ -129,14 +134,9 @@ def run_load_test(base_url: str, payloads: Sequence[tuple[str, dict]], requests:
                 if i >= requests:
                     return
                 path, body = payloads[i % len(payloads)]
-                start = time.perf_counter()
-                try:
-                    status = str(client.post(path, json=body).status_code)
-                except httpx.HTTPError as e:
-                    status = type(e).__name__
-                elapsed = (time.perf_counter() - start) * 1000
+                status, elapsed = timed(lambda: post(path, body))
                 with lock:
-                    latencies.append(elapsed)
+                    latencies.append(elapsed * 1000)
                     statuses[status] += 1
                     if status != "200" and len(examples) < 5:
                         examples.append(f"{path}: {status}")
