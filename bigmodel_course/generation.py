@@ -52,10 +52,12 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
         kth = torch.topk(logits, k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # drop a token when the tokens ranked above it already reach top_p (the top token always stays)
-        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
+        sorted_logits, order = torch.sort(logits, dim=-1)  # ascending
+        # drop a token when the tokens ranked above it already reach top_p, i.e. when it and every token ranked
+        # below it hold at most 1 - top_p; summing from the smallest keeps tiny tail masses exact in float32
+        tail = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop_sorted = tail <= 1.0 - top_p
+        drop_sorted[..., -1] = False  # the top token always stays
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

@@ -113,12 +113,27 @@ def test_bad_inputs_are_named(exported, tmp_path):
         OnnxTextClassifier(session.path, threads=0)
 
 
-def test_compare_speed_rows(exported):
+def test_compare_speed_rows(exported, monkeypatch):
+    """Rows convert the timer's median seconds to ms per batch size; the timed calls run both models."""
+    from bigmodel_course import benchmarks
+
     model, session = exported
     rows = compare_speed(model, session, batch_sizes=(1, 4), length=8, rounds=2)
     assert [r["batch"] for r in rows] == [1, 4]
     for r in rows:
-        assert r["eager_ms"] > 0 and r["onnx_ms"] > 0
         assert r["speedup"] == pytest.approx(r["eager_ms"] / r["onnx_ms"])
+    seen = []
+
+    def fake_timer(fns, device, rounds):
+        seen.append((sorted(fns), rounds))
+        for fn in fns.values():
+            fn()  # each must run without error on the batch
+        return {"eager": 0.004, "onnx": 0.001}
+
+    monkeypatch.setattr(benchmarks, "time_interleaved", fake_timer)
+    rows = compare_speed(model, session, batch_sizes=(2, 3), length=8, rounds=5)
+    assert seen == [(["eager", "onnx"], 5)] * 2
+    assert rows == [{"batch": b, "eager_ms": pytest.approx(4.0), "onnx_ms": pytest.approx(1.0),
+                     "speedup": pytest.approx(4.0)} for b in (2, 3)]
     with pytest.raises(ValueError, match="positive ints"):
         compare_speed(model, session, batch_sizes=(0,))

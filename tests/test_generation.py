@@ -1,6 +1,13 @@
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from bigmodel_course.generation import (
     GenerationConfig,
@@ -60,6 +67,68 @@ def test_repetition_penalty_follows_ctrl():
     logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
     out = apply_repetition_penalty(logits, torch.tensor([[0, 1, 1]]), 2.0)
     assert out.tolist() == [[1.0, -2.0, 0.5, 3.0]]
+
+
+def _random_logits(rows=64, vocab=50, seed=0):
+    """Logits at three scales (flat, typical, peaked), float32 like the logits `generate` filters."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.randn(rows, vocab, generator=g) * s for s in (0.5, 2.0, 8.0)])
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 50, 80])
+def test_top_k_equals_transformers_top_k_warper(top_k):
+    logits = _random_logits()
+    assert torch.equal(filter_logits(logits, top_k=top_k), TopKLogitsWarper(top_k)(None, logits))
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.99, 0.99999, 0.999999])
+def test_top_p_equals_transformers_top_p_warper(top_p):
+    """Same kept tokens and values; top_p near 1 needs the tail mass summed from the smallest probability."""
+    logits = _random_logits()
+    assert torch.equal(filter_logits(logits, top_p=top_p), TopPLogitsWarper(top_p)(None, logits))
+
+
+def test_ties_keep_the_same_number_of_tokens_as_transformers():
+    """Top-k keeps every token tied with the k-th (as transformers does). Top-p keeps as many tied tokens as
+    transformers; which of the tied ones survive is up to the sort, so only the count and the mass are compared."""
+    tied = torch.tensor([[1.0, 2.0, 2.0, 2.0, 0.0]])
+    assert torch.equal(filter_logits(tied, top_k=2), TopKLogitsWarper(2)(None, tied))
+    assert torch.isfinite(filter_logits(tied, top_k=2)).sum() == 3
+    uniform = torch.zeros(3, 8)
+    for top_p in (0.3, 0.5, 0.99):
+        ours, ref = filter_logits(uniform, top_p=top_p), TopPLogitsWarper(top_p)(None, uniform)
+        assert torch.equal(torch.isfinite(ours).sum(-1), torch.isfinite(ref).sum(-1))
+        torch.testing.assert_close(torch.softmax(ours, -1).max(-1).values, torch.softmax(ref, -1).max(-1).values)
+
+
+def test_top_p_1_and_already_filtered_logits_agree_with_transformers():
+    """top_p=1 filters nothing; -inf logits (e.g. after top-k) stay -inf and carry no probability."""
+    logits = filter_logits(_random_logits(rows=8), top_k=5)
+    assert torch.equal(filter_logits(logits, top_p=1.0), logits)
+    assert torch.equal(filter_logits(logits, top_p=1.0), TopPLogitsWarper(1.0)(None, logits))
+    assert torch.equal(filter_logits(logits, top_p=0.9), TopPLogitsWarper(0.9)(None, logits))
+
+
+@pytest.mark.parametrize("penalty", [0.5, 1.0, 1.3, 2.0])
+def test_repetition_penalty_equals_transformers_processor(penalty):
+    """Repeated ids, negative, positive and zero logits: the same CTRL rule as transformers."""
+    logits = _random_logits(rows=4, vocab=20)
+    logits[:, 7] = 0.0
+    previous = torch.randint(0, 20, (12, 15), generator=torch.Generator().manual_seed(1))
+    previous[:, :3] = 7  # a token seen several times is penalised once
+    ref = RepetitionPenaltyLogitsProcessor(penalty)(previous, logits.clone())
+    torch.testing.assert_close(apply_repetition_penalty(logits, previous, penalty), ref, atol=0, rtol=0)
+
+
+def test_sampling_pipeline_equals_transformers_logits_processors():
+    """Penalty, then temperature, top-k and top-p, in the order transformers' generate applies them."""
+    logits = _random_logits(rows=8)
+    previous = torch.randint(0, 50, (24, 10), generator=torch.Generator().manual_seed(2))
+    ref = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.2), TemperatureLogitsWarper(0.7),
+                               TopKLogitsWarper(10), TopPLogitsWarper(0.8)])(previous, logits.clone())
+    ours = filter_logits(apply_repetition_penalty(logits, previous, 1.2) / 0.7, top_k=10, top_p=0.8)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
+    assert torch.equal(torch.isinf(ours), torch.isinf(ref))
 
 
 def test_stop_tokens_end_a_row_and_pad_it(model):

@@ -13,13 +13,7 @@ from bigmodel_course.interop import (
     gpt_from_hf,
     gpt_to_hf,
 )
-from bigmodel_course.transformer import (
-    GPT,
-    EncoderForMaskedLM,
-    GPTConfig,
-    GPTForSequenceClassification,
-    TransformerEncoder,
-)
+from bigmodel_course.transformer import GPTConfig, GPTForSequenceClassification
 
 
 @pytest.fixture
@@ -45,7 +39,6 @@ def batch():
 def test_gpt_from_hf_gives_the_same_logits(hf_gpt2):
     ids, mask = batch()
     ours = gpt_from_hf(hf_gpt2).eval()
-    assert isinstance(ours, GPT)
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, hf_gpt2(ids).logits, atol=1e-5, rtol=0)
         real = mask.bool()  # with right padding, real tokens must agree exactly
@@ -93,7 +86,6 @@ def test_encoder_from_bert_model_gives_the_same_hidden_states(bert_config):
     hf = BertModel(bert_config).eval()
     ids, mask = batch()
     ours = encoder_from_hf(hf)
-    assert isinstance(ours, TransformerEncoder)
     with torch.no_grad():
         ref = hf(ids, attention_mask=mask)
         out = ours(ids, mask)
@@ -115,7 +107,6 @@ def test_masked_lm_both_ways(bert_config):
     hf = BertForMaskedLM(bert_config).eval()
     ids, mask = batch()
     ours = encoder_from_hf(hf)
-    assert isinstance(ours, EncoderForMaskedLM)
     back = encoder_to_hf(ours)
     with torch.no_grad():
         ref = hf(ids, attention_mask=mask).logits
@@ -147,15 +138,12 @@ def test_causal_lm_loss_equals_transformers(hf_gpt2):
 def test_pretraining_model_matches_bert_for_pretraining_both_ways(bert_config):
     from transformers import BertForPreTraining
 
-    from bigmodel_course.transformer import EncoderForPreTraining
-
     hf = BertForPreTraining(bert_config).eval()
     ids, mask = batch()
     labels = torch.full_like(ids, -100)
     labels[:, 3] = ids[:, 3]
     nsp = torch.tensor([0, 1, 0])
     ours = encoder_from_hf(hf)
-    assert isinstance(ours, EncoderForPreTraining)
     back = encoder_to_hf(ours)
     with torch.no_grad():
         ref = hf(ids, attention_mask=mask, labels=labels, next_sentence_label=nsp)

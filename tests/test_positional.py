@@ -43,3 +43,35 @@ def test_odd_widths_are_rejected():
         sinusoidal_table(4, 7)
     with pytest.raises(ValueError, match="even head_dim"):
         RotaryEmbedding(5, 4)
+
+
+def test_rotary_equals_the_complex_closed_form_on_interleaved_pairs():
+    """RoPE as complex multiplication: pair (x_2j, x_2j+1) is z_j = x_2j + i x_2j+1, rotated by e^{i m θ_j}."""
+    head_dim, T, offset, base = 16, 7, 3, 10000.0
+    rope = RotaryEmbedding(head_dim, 32, base=base)
+    x = torch.randn(2, 3, T, head_dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    theta = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    m = torch.arange(offset, offset + T, dtype=torch.float64)
+    rotation = torch.polar(torch.ones(T, head_dim // 2, dtype=torch.float64), torch.outer(m, theta))
+    z = torch.view_as_complex(x.reshape(*x.shape[:-1], head_dim // 2, 2).contiguous())  # interleaved pairs
+    expected = torch.view_as_real(z * rotation).flatten(-2)
+    torch.testing.assert_close(rope(x.float(), offset=offset), expected.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_rotary_uses_the_interleaved_convention_not_the_half_split_one():
+    """Ours pairs features (2j, 2j+1); Llama in transformers pairs (j, j + d/2). They agree up to a permutation."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    head_dim, T = 8, 5
+    rope = RotaryEmbedding(head_dim, 16)
+    x = torch.randn(1, 2, T, head_dim, generator=torch.Generator().manual_seed(1))
+    inv_freq = 1.0 / 10000.0 ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(T, dtype=torch.float64), inv_freq)
+    emb = torch.cat([angles, angles], dim=-1)[None]  # Llama's layout: (batch, T, head_dim)
+    cos, sin = emb.cos().float(), emb.sin().float()
+    half_split, _ = apply_rotary_pos_emb(x, x, cos, sin)
+    perm = torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])  # evens first, then odds
+    inverse = torch.argsort(perm)
+    assert not torch.allclose(rope(x), half_split, atol=1e-3)  # the two conventions differ on the same input ...
+    via_llama, _ = apply_rotary_pos_emb(x[..., perm], x[..., perm], cos, sin)
+    torch.testing.assert_close(rope(x), via_llama[..., inverse], atol=1e-5, rtol=1e-5)  # ... up to this permutation

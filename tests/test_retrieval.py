@@ -51,10 +51,14 @@ def test_embeddings_equal_automodel_with_mean_pooling(encoder, reference):
 
 
 def test_embeddings_match_sentence_transformers(encoder):
-    st = pytest.importorskip("sentence_transformers")
-    model = st.SentenceTransformer(str(minilm_path()), device="cpu")
-    expected = model.encode(TEXTS, convert_to_tensor=True)
-    torch.testing.assert_close(encoder.encode(TEXTS), expected.cpu().float(), atol=1e-5, rtol=0)
+    """The checkpoint's own pipeline (modules.json: mean pooling, Normalize; max_seq_length 256), offline."""
+    from sentence_transformers import SentenceTransformer  # a pinned dev dependency: missing means failing
+
+    model = SentenceTransformer(str(minilm_path()), device="cpu", local_files_only=True)
+    assert model.max_seq_length == DEFAULT_MAX_LENGTH
+    texts = [*TEXTS, " ".join(["retrieval"] * 400)]  # the last one is cut at 256 tokens by both
+    expected = model.encode(texts, convert_to_tensor=True)
+    torch.testing.assert_close(encoder.encode(texts), expected.cpu().float(), atol=1e-5, rtol=0)
 
 
 def test_embeddings_have_unit_norm(encoder):

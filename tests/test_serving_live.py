@@ -11,6 +11,7 @@ from sklearn.datasets import load_digits
 from bigmodel_course.serving import (
     ModelRegistry,
     background_server,
+    decode_png,
     encode_png,
     publish_tiny_models,
     run_load_test,
@@ -34,10 +35,32 @@ def server(reg):
         yield url
 
 
+def metric_samples(server: str) -> dict:
+    """{(name, sorted labels): value} of every sample the server's /metrics shows now."""
+    text = httpx.get(f"{server}/metrics").text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def ok_requests(samples: dict, route: str) -> float:
+    """Count of POST requests to `route` answered 200 (0 before the first one)."""
+    return samples.get(("bigmodel_http_requests_total", (("method", "POST"), ("route", route), ("status", "200"))), 0)
+
+
+def items(samples: dict, model: str) -> float:
+    """Items classified by version v1 of `model` so far (0 before the first one)."""
+    return samples.get(("bigmodel_items_classified_total", (("model", model), ("version", "v1"))), 0)
+
+
 def test_the_server_listens_on_localhost_and_answers_healthz(server):
+    """healthz lists exactly the models loaded so far; a classification adds its model (whatever ran before)."""
     assert server.startswith("http://127.0.0.1:")
-    response = httpx.get(f"{server}/healthz")
-    assert response.status_code == 200 and response.json() == {"status": "ok", "loaded": []}
+    before = httpx.get(f"{server}/healthz")
+    assert before.status_code == 200 and before.json()["status"] == "ok"
+    assert set(before.json()["loaded"]) <= {"tiny-text:v1", "tiny-digits:v1"}
+    httpx.post(f"{server}/v1/text/classify", json={"model": "tiny-text", "texts": ["好"]}, timeout=30)
+    after = httpx.get(f"{server}/healthz").json()
+    assert after["loaded"] == sorted({*before.json()["loaded"], "tiny-text:v1"})
 
 
 def test_classify_text_and_images_over_http(server, reg):
@@ -47,7 +70,8 @@ def test_classify_text_and_images_over_http(server, reg):
     assert image.status_code == 200 and image.json()["predictions"] == reg.load("tiny-digits").predict(DIGITS)
     files = [("files", (f"{i}.png", encode_png(d), "image/png")) for i, d in enumerate(DIGITS)]
     upload = httpx.post(f"{server}/v1/image/classify", data={"model": "tiny-digits"}, files=files, timeout=30)
-    assert upload.status_code == 200 and len(upload.json()["predictions"]) == 3
+    decoded = np.stack([decode_png(encode_png(d)) for d in DIGITS])  # PNG stores 8-bit pixels
+    assert upload.status_code == 200 and upload.json()["predictions"] == reg.load("tiny-digits").predict(decoded)
     bad = httpx.post(f"{server}/v1/text/classify", json={"model": "tiny-text", "texts": [""]})
     assert bad.status_code == 422 and bad.json() == {"detail": "texts[0] is empty"}
     big = httpx.post(f"{server}/v1/image/classify", content=b"{" + b" " * 1_000_000 + b"}",
@@ -55,26 +79,38 @@ def test_classify_text_and_images_over_http(server, reg):
     assert big.status_code == 413 and "Content-Length is 1000002 bytes" in big.json()["detail"]
 
 
-def test_metrics_show_the_counts(server):
-    text = httpx.get(f"{server}/metrics").text
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(text) for s in family.samples}
-    ok = lambda route: samples[("bigmodel_http_requests_total", (("method", "POST"), ("route", route), ("status", "200")))]
-    assert ok("/v1/text/classify") == 1 and ok("/v1/image/classify") == 2
-    assert samples[("bigmodel_items_classified_total", (("model", "tiny-digits"), ("version", "v1")))] == 6
-    assert samples[("bigmodel_items_classified_total", (("model", "tiny-text"), ("version", "v1")))] == 2
-    assert samples[("bigmodel_model_load_seconds", (("model", "tiny-text"), ("version", "v1")))] > 0
+def test_metrics_count_this_tests_requests(server):
+    """The counters grow by exactly what this test sends, whatever other tests sent before."""
+    before = metric_samples(server)
+    text = httpx.post(f"{server}/v1/text/classify", json={"model": "tiny-text", "texts": list(TINY_TEXTS[:2])},
+                      timeout=30)
+    image = httpx.post(f"{server}/v1/image/classify", json={"model": "tiny-digits", "images": DIGITS.tolist()},
+                       timeout=30)
+    files = [("files", (f"{i}.png", encode_png(d), "image/png")) for i, d in enumerate(DIGITS)]
+    upload = httpx.post(f"{server}/v1/image/classify", data={"model": "tiny-digits"}, files=files, timeout=30)
+    bad = httpx.post(f"{server}/v1/text/classify", json={"model": "tiny-text", "texts": [""]})
+    assert [r.status_code for r in (text, image, upload, bad)] == [200, 200, 200, 422]
+    after = metric_samples(server)
+    assert ok_requests(after, "/v1/text/classify") - ok_requests(before, "/v1/text/classify") == 1
+    assert ok_requests(after, "/v1/image/classify") - ok_requests(before, "/v1/image/classify") == 2
+    assert items(after, "tiny-digits") - items(before, "tiny-digits") == 6
+    assert items(after, "tiny-text") - items(before, "tiny-text") == 2  # the rejected request classified nothing
+    assert after[("bigmodel_model_load_seconds", (("model", "tiny-text"), ("version", "v1")))] > 0
 
 
 def test_load_test_2000_requests_16_concurrent_without_errors(server, capsys):
+    before = metric_samples(server)
     result = run_load_test(server, tiny_payloads(), requests=2000, concurrency=16)
     with capsys.disabled():  # shown in every pytest run, not only with -s
         print(f"\nload test (tiny random models, real uvicorn process): {result.format()}")
     assert result.errors == 0, result.error_examples
     assert len(result.latencies_ms) == 2000 and result.statuses == {"200": 2000}
-    assert 0 < result.p50_ms <= result.p99_ms and result.requests_per_second > 0
-    counts = httpx.get(f"{server}/metrics").text
-    assert 'bigmodel_http_requests_total{method="POST",route="/v1/text/classify",status="200"} 1001.0' in counts
+    # each thread sends one request at a time inside the measured wall time
+    assert max(result.latencies_ms) <= 1000 * result.seconds
+    assert sum(result.latencies_ms) <= 16 * 1000 * result.seconds
+    after = metric_samples(server)
+    for route in ("/v1/text/classify", "/v1/image/classify"):  # the payloads alternate: 1000 of each
+        assert ok_requests(after, route) - ok_requests(before, route) == 1000
 
 
 def test_background_server_reports_a_server_that_cannot_start(reg):

@@ -31,7 +31,8 @@ def test_check_texts_names_the_problem():
         check_texts(["a", "b", "c"], max_items=2)
     with pytest.raises(InputError, match="texts\\[0\\] is too long: 6 characters; at most 5"):
         check_texts(["abcdef"], max_chars=5)
-    assert issubclass(InputError, ValueError)
+    with pytest.raises(ValueError, match="texts is empty"):  # callers that catch ValueError see input errors
+        check_texts([])
 
 
 def test_encode_texts_matches_training_and_the_tokenizer():

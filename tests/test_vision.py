@@ -281,11 +281,14 @@ def test_resnet_is_torchvision_resnet18_with_small_stem():
     torch.testing.assert_close(out.loss, nn.functional.cross_entropy(expected, labels))
     from torchvision.models import resnet18
 
-    standard = resnet18(weights=None, num_classes=10).state_dict()
+    torchvision_model = resnet18(weights=None, num_classes=10)
+    standard = torchvision_model.state_dict()
     ours = model.resnet.state_dict()
     assert set(standard) == set(ours)  # same layers as ResNet-18; only the stem convolution differs in shape
     assert [k for k in ours if ours[k].shape != standard[k].shape] == ["conv1.weight"]
-    assert 11_000_000 < sum(p.numel() for p in model.parameters()) < 11_300_000
+    stem = 64 * 3 * 7 * 7 - 64 * 1 * 3 * 3  # torchvision's 7x7 RGB stem minus our 3x3 one-channel stem
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == sum(p.numel() for p in torchvision_model.parameters()) - stem == 11_172_810
 
 
 def test_resnet_keeps_spatial_resolution_through_the_stages():
