@@ -86,7 +86,7 @@ def weights_only_refusal(path: str | os.PathLike) -> str:
     torch.save({"weight": torch.zeros(2), "extra": NotAWeight()}, path)
     try:
         torch.load(path, weights_only=True)
-    except Exception as err:  # noqa: BLE001  (UnpicklingError; its type is an implementation detail)
+    except Exception as err:  # UnpicklingError; its type is an implementation detail
         lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines() if line.strip()]
         reason = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
         return f"{type(err).__name__}: {reason}"

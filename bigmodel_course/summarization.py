@@ -126,8 +126,7 @@ def rouge_n(candidate: str, reference: str, n: int = 1) -> RougeScore:
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     c, r = rouge_units(candidate), rouge_units(reference)
-    grams = lambda u: Counter(tuple(u[i:i + n]) for i in range(len(u) - n + 1))  # noqa: E731
-    cg, rg = grams(c), grams(r)
+    cg, rg = (Counter(tuple(u[i:i + n]) for i in range(len(u) - n + 1)) for u in (c, r))
     return _score(sum((cg & rg).values()), sum(cg.values()), sum(rg.values()))
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.book
+
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 APPENDICES = sorted(BOOK.glob("appendix_*.md"))

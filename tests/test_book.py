@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "book" / "tools"))
-import browser_check  # noqa: E402  (build_once: one build shared with test_browser.py)
-import nbtools  # noqa: E402
+import browser_check  # build_once: one build shared with test_browser.py
+import nbtools
+
+pytestmark = pytest.mark.book
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER_1 = ["chapters/ch01_concepts", "chapters/ch01_attention"]

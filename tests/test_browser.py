@@ -7,15 +7,16 @@ Screenshots of a few pages are written to build/screenshots/ (git-ignored).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
+import browser_check
+import nbtools
+
+pytestmark = pytest.mark.browser
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "book" / "tools"))
-import browser_check  # noqa: E402
-import nbtools  # noqa: E402
 
 SCREENSHOTS = ROOT / "build" / "screenshots"
 SEARCHES = ("注意力", "Transformer")
@@ -28,14 +29,22 @@ SHOTS = {
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> tuple[Path, dict[str, browser_check.PageReport]]:
+def chromium() -> str:
+    """The system Chromium; skips (naming what to install) where it or a CJK font is missing."""
+    if missing := browser_check.missing_browser_deps():
+        pytest.skip(f"missing {' and '.join(missing)}: run `make browser-deps` (Debian: apt-get install chromium "
+                    "fonts-noto-cjk)")
+    return browser_check.require_chromium()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, chromium) -> tuple[Path, dict[str, browser_check.PageReport]]:
     """Build the book (once per session), open every page; return the HTML folder and the reports."""
     proc, html = browser_check.build_once(tmp_path_factory.getbasetemp() / "book")
     assert proc.returncode == 0, f"book build failed:\n{(proc.stdout + proc.stderr)[-4000:]}"
-    executable = browser_check.ensure_chromium()
     for stem in SHOTS:
         (SCREENSHOTS / f"{stem}.png").unlink(missing_ok=True)
-    reports = browser_check.check_site(html, SCREENSHOTS, SEARCHES, SHOTS, executable)
+    reports = browser_check.check_site(html, SCREENSHOTS, SEARCHES, SHOTS, chromium)
     print(f"\nscreenshots: {SCREENSHOTS}")
     return html, reports
 
@@ -140,7 +149,7 @@ def test_screenshots_are_written(site):
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_checker_reports_what_is_broken(tmp_path):
+def test_checker_reports_what_is_broken(tmp_path, chromium):
     """A tiny broken site: the checker must see each fault (so the checks above can fail)."""
     (tmp_path / "index.html").write_text(
         '<html><head><meta charset="utf-8"><link rel="icon" href="data:,">'
@@ -156,7 +165,7 @@ def test_checker_reports_what_is_broken(tmp_path):
         '<html><head><link rel="icon" href="data:,"></head><body><p id="here">ok</p></body></html>',
         encoding="utf-8")
     reports = browser_check.check_site(tmp_path, searches=(), settle_timeout=2.0,
-                                       executable=browser_check.ensure_chromium())
+                                       executable=chromium)
     page = reports["index.html"]
     assert page.status == 200 and reports["other.html"].status == 200
     assert any("missing.js" in f for f in page.failed_requests), page.failed_requests

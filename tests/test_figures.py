@@ -9,15 +9,15 @@ unknown label is a warning and so an error, and checks the rendered numbers.
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "book" / "tools"))
-import nbtools  # noqa: E402
-import numbering  # noqa: E402
+import nbtools
+import numbering
+
+pytestmark = pytest.mark.book
 
 NOTEBOOKS = nbtools.chapter_notebooks()
 CJK = re.compile(r"[\u4e00-\u9fff]")

@@ -11,9 +11,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
+import nbtools
+
+pytestmark = pytest.mark.notebooks
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "book" / "tools"))
-import nbtools  # noqa: E402
 
 NOTEBOOKS = nbtools.chapter_notebooks()
 IDS = [p.stem for p in NOTEBOOKS]

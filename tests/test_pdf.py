@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "book" / "tools"))
-import browser_check  # noqa: E402
-import nbtools  # noqa: E402
+import browser_check
+import nbtools
+
+pytestmark = pytest.mark.browser
 
 pypdf = pytest.importorskip("pypdf")
 
@@ -59,8 +60,9 @@ def _title_pattern(title: str) -> re.Pattern:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, float]:
     """Run make_pdf.py once into a temporary folder; return the process, the PDF and the seconds."""
-    if browser_check.find_chromium() is None:
-        pytest.skip("no Chromium on PATH (apt-get install chromium)")
+    if missing := browser_check.missing_browser_deps():
+        pytest.skip(f"missing {' and '.join(missing)}: run `make browser-deps` (Debian: apt-get install chromium "
+                    "fonts-noto-cjk)")
     out = tmp_path_factory.mktemp("pdf")
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(MAKE_PDF), "--out", str(out)],

@@ -2,17 +2,18 @@
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
+import make_student
+import nbtools
+
+pytestmark = pytest.mark.notebooks
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "book" / "tools"))
-import make_student  # noqa: E402
-import nbtools  # noqa: E402
 
 NOTEBOOKS = nbtools.chapter_notebooks()
 IDS = [p.stem for p in NOTEBOOKS]

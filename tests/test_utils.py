@@ -1,11 +1,8 @@
-import matplotlib
 import pytest
 import torch
 
-matplotlib.use("Agg")
-
-from bigmodel_course import plotting  # noqa: E402
-from bigmodel_course.utils import (  # noqa: E402
+from bigmodel_course import plotting  # tests/conftest.py selects the Agg backend
+from bigmodel_course.utils import (
     cache_dir,
     count_parameters,
     get_device,

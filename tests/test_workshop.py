@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "book" / "tools"))
-import nbtools  # noqa: E402
-import time_notebooks  # noqa: E402
-from test_appendices import _normalise, _pyproject_pins  # noqa: E402
+import nbtools
+import time_notebooks
+from test_appendices import _normalise, _pyproject_pins
+
+pytestmark = pytest.mark.book
 
 ROOT = nbtools.ROOT
 GUIDE = ROOT / "book" / "workshop.md"

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from .preprocess import encode_texts, pixel_values
+
+if TYPE_CHECKING:  # registry.py imports this module when it loads a model
+    from .registry import ModelCard
 
 
 @dataclass
@@ -16,7 +20,7 @@ class LoadedModel:
     """A registry model in eval mode with its card, folder and tokenizer (None for image models)."""
 
     model: nn.Module
-    card: "ModelCard"  # noqa: F821 - defined in registry.py
+    card: ModelCard
     path: Path
     tokenizer: object | None = None
     load_seconds: float = 0.0

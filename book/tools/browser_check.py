@@ -151,20 +151,22 @@ def find_chromium() -> str | None:
     return None
 
 
-def ensure_chromium() -> str:
-    """Path of the system Chromium; installs Debian's `chromium` with apt-get (as root) when missing."""
+def missing_browser_deps() -> list[str]:
+    """What the browser test and `make pdf` need but this machine lacks (Chromium, a CJK font)."""
+    missing = [] if find_chromium() else ["Chromium (or set CHROMIUM)"]
+    fc_list = shutil.which("fc-list")
+    fonts = subprocess.run([fc_list, ":lang=zh"], capture_output=True, text=True).stdout if fc_list else ""
+    if "CJK" not in fonts:
+        missing.append("a CJK font such as Noto Sans CJK")
+    return missing
+
+
+def require_chromium() -> str:
+    """Path of the system Chromium, or BrowserError saying how to install it."""
     if path := find_chromium():
         return path
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        raise BrowserError("no Chromium found and cannot install it: run `apt-get install chromium` "
-                           "(Debian/Ubuntu) or set CHROMIUM to a Chromium or Chrome executable")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run([apt, "update", "-qq"], check=True, env=env)
-    subprocess.run([apt, "install", "-y", "-qq", "chromium", "fonts-noto-cjk"], check=True, env=env)
-    if path := find_chromium():
-        return path
-    raise BrowserError("apt-get installed chromium but no chromium executable is on PATH")
+    raise BrowserError("no Chromium found: run `make browser-deps` (Debian/Ubuntu: apt-get install chromium "
+                       "fonts-noto-cjk) or set CHROMIUM to a Chromium or Chrome executable")
 
 
 _BUILDS: dict[Path, tuple[subprocess.CompletedProcess, Path]] = {}
@@ -186,7 +188,7 @@ def build_once(out: Path, timeout: float = 900) -> tuple[subprocess.CompletedPro
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:  # the stdlib's signature (shadows format)
         pass
 
 
@@ -216,7 +218,7 @@ class Chromium:
             raise BrowserError("no Chromium found: install it (apt-get install chromium) or set CHROMIUM")
         self.timeout = timeout
         self._profile = tempfile.TemporaryDirectory(prefix="bigmodel-chromium-")
-        self._log = open(Path(self._profile.name) / "chromium.log", "wb")  # noqa: SIM115
+        self._log = open(Path(self._profile.name) / "chromium.log", "wb")  # closed in close()
         self._proc = subprocess.Popen(
             [self.executable, "--headless=new", "--no-sandbox", "--disable-gpu",
              "--disable-dev-shm-usage", "--no-first-run", "--no-default-browser-check",
@@ -493,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     html = args.html.resolve()
     reports = check_site(html, args.screenshots, shots={"landing": ("index.html", None)},
-                         executable=ensure_chromium())
+                         executable=require_chromium())
     problems = [f"{path}: {p}" for path, r in reports.items() for p in page_problems(r)]
     problems += link_problems(html, reports)
     for path, r in reports.items():

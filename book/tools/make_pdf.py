@@ -22,11 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import browser_check  # noqa: E402  (the Chromium driver and local server of the browser test)
-import build_book  # noqa: E402  (same folder; reused for the Sphinx build)
+import yaml
 
-import yaml  # noqa: E402
+import browser_check  # the Chromium driver and local server of the browser test (same folder)
+import build_book  # reused for the Sphinx build
 
 ROOT = build_book.ROOT
 DEFAULT_OUT = build_book.DEFAULT_OUT / "pdf"

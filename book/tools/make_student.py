@@ -27,8 +27,7 @@ from pathlib import Path
 
 import nbformat
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import nbtools  # noqa: E402
+import nbtools
 
 SOLUTION_TAG = "solution"
 MARKER_FILE = ".bigmodel-student"
@@ -215,8 +214,7 @@ def toc_order(paths: list[Path]) -> list[Path]:
     """`paths` in the order of book/_toc.yml; notebooks missing from it follow, sorted by name."""
     listed = nbtools.toc_files(TOC) if TOC.exists() else []
     rank = {name: i for i, name in enumerate(listed)}
-    key = lambda p: (rank.get(f"chapters/{p.stem}", len(rank)), p.name)  # noqa: E731
-    return sorted(paths, key=key)
+    return sorted(paths, key=lambda p: (rank.get(f"chapters/{p.stem}", len(rank)), p.name))
 
 
 def _revision() -> str:

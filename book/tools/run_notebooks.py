@@ -9,8 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import nbtools  # noqa: E402
+import nbtools
 
 
 def main(argv: list[str] | None = None) -> int:

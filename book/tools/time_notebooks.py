@@ -23,8 +23,7 @@ from pathlib import Path
 
 import nbformat
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import nbtools  # noqa: E402
+import nbtools
 
 TABLE = nbtools.ROOT / "book" / "workshop_timings.md"
 PROFILES = ("ci", "full")
