@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from torch.utils.data import DataLoader, Subset
 
 from .data.vision import DigitsDataset, digits_augmentation, digits_splits
 from .evaluation import accuracy, classification_metrics
-from .model_cache import load_or_train, publish, read_meta, read_weights, write_model_files
+from .model_cache import HISTORY_FILE, load_or_train, publish, read_json, read_meta, read_weights, write_model_files
 from .training import Trainer, TrainConfig
 from .utils import cache_dir, get_profile, seed_everything
 from .vision import ResNetForImageClassification
@@ -35,10 +36,12 @@ RECIPES = {"ci": DigitsRecipe(n_train=300, epochs=1, patience=None),
 
 @dataclass
 class DigitsClassifier:
-    """The trained classifier (eval mode, CPU), its input normalisation and run facts (test accuracy, steps)."""
+    """The trained classifier (eval mode, CPU), its input normalisation, run facts (test accuracy, steps, epochs,
+    seconds) and training history (the Trainer's records, evaluations included)."""
 
     model: ResNetForImageClassification
     meta: dict
+    history: list[dict]
     path: Path
 
     @property
@@ -85,12 +88,14 @@ def train_digits_classifier(profile: str | None = None, root: Path | None = None
     model = model.cpu().eval()
     meta = {"profile": name, "recipe": recipe.__dict__, "architecture": "resnet18_small",
             "test_accuracy": _test_accuracy(model, test), "val_accuracy": float(trainer.best_metric),
-            "steps": trainer.step, "train_seconds": round(seconds, 1),
+            "steps": trainer.step, "epochs": math.ceil(trainer.step / len(train_loader)),  # epochs run
+            "steps_per_epoch": len(train_loader),
+            "best_step": trainer.best_step, "stopped_early": trainer.should_stop, "train_seconds": round(seconds, 1),
             "preprocessing": {"mean": splits.mean, "std": splits.std}, "config": model.config,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     target = digits_dir(name, root)
     with publish(target) as tmp:
-        write_model_files(tmp, model, meta)
+        write_model_files(tmp, model, meta, history=trainer.history)
     return target
 
 
@@ -99,7 +104,8 @@ def load_digits_classifier(profile: str | None = None, root: Path | None = None,
     """Load the cached digit classifier of a profile, training it first when missing."""
     def read(folder: Path) -> DigitsClassifier:
         meta = read_meta(folder)
-        return DigitsClassifier(read_weights(ResNetForImageClassification(**meta["config"]), folder), meta, folder)
+        model = read_weights(ResNetForImageClassification(**meta["config"]), folder)
+        return DigitsClassifier(model, meta, read_json(folder, HISTORY_FILE), folder)
 
     return load_or_train(digits_dir(profile, root), lambda: train_digits_classifier(profile, root, progress), read,
                          what="trained digit classifier", train_if_missing=train_if_missing)

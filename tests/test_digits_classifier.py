@@ -23,6 +23,9 @@ def test_trains_once_and_reports_its_own_test_accuracy(trained):
     assert accuracy(pred, test.labels) == pytest.approx(clf.meta["test_accuracy"])
     assert clf.meta["test_accuracy"] > 0.3  # 300 images, one epoch: far above chance (0.1)
     assert not clf.model.training
+    evals = [r for r in clf.history if "eval_accuracy" in r]  # one evaluation per epoch, the best one restored
+    assert len(evals) == clf.meta["epochs"] and clf.meta["steps"] == clf.meta["epochs"] * clf.meta["steps_per_epoch"]
+    assert max(r["eval_accuracy"] for r in evals) == pytest.approx(clf.meta["val_accuracy"])
 
 
 def test_second_load_reads_the_cache(trained):
