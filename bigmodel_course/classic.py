@@ -78,7 +78,8 @@ class MLPClassifier(nn.Module):
         x = pixel_values.reshape(pixel_values.shape[0], -1) if pixel_values.dim() > 1 else pixel_values
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(
-                f"pixel_values must be (B, ...) with {self.in_features} values per example, got {tuple(pixel_values.shape)}"
+                f"pixel_values must be (B, ...) with {self.in_features} values per example, "
+                f"got {tuple(pixel_values.shape)}"
             )
         logits = self.net(x)
         return ModelOutput(logits=logits, loss=classification_loss(logits, labels))
@@ -142,7 +143,8 @@ class RNNClassifier(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden * (2 if bidirectional else 1), num_classes)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None) -> ModelOutput:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                labels: Tensor | None = None) -> ModelOutput:
         """Logits (B, num_classes); `last_hidden_state` (B, L, H) is zero at padded positions.
 
         Padding must be on the right: the mask (or ``input_ids != pad_id``) is 1…1 0…0 per row.
@@ -156,7 +158,8 @@ class RNNClassifier(nn.Module):
             raise ValueError(f"attention_mask must have shape {tuple(input_ids.shape)}, got {tuple(mask.shape)}")
         lengths = mask.sum(1)
         if (lengths == 0).any():
-            raise ValueError(f"every sequence needs at least one real token; empty rows: {(lengths == 0).nonzero().flatten().tolist()}")
+            raise ValueError("every sequence needs at least one real token; "
+                             f"empty rows: {(lengths == 0).nonzero().flatten().tolist()}")
         if not torch.equal(mask, torch.arange(length, device=mask.device) < lengths.unsqueeze(1)):
             raise ValueError("padding must be on the right: each attention_mask row must be 1…1 followed by 0…0")
         packed = pack_padded_sequence(self.embed(input_ids), lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -196,7 +199,7 @@ def build_vocab(sentences: Iterable[Sequence[str]], min_count: int = 1,
 
 def subsample_frequent(sentences: Sequence[Sequence[int]], counts: Sequence[int], t: float = 1e-4,
                        seed: int = 0) -> list[list[int]]:
-    """Drop each occurrence of word w with probability 1 - sqrt(t / f(w)) (word2vec's subsampling; f = relative frequency)."""
+    """Word2vec subsampling: drop each occurrence of w with probability 1 - sqrt(t / f(w)), f = relative frequency."""
     if not t > 0:
         raise ValueError(f"t must be positive, got {t}")
     total = float(sum(counts))
@@ -287,9 +290,11 @@ class SkipGram(nn.Module):
         """Mean over the batch of -log σ(u_o·v_c) - Σ_k log σ(-u_k·v_c)."""
         for name, ids in (("center", center), ("context", context), ("negatives", negatives)):
             if not isinstance(ids, Tensor) or ids.dtype not in (torch.long, torch.int32, torch.int64):
-                raise ValueError(f"{name} must be an integer tensor of word ids, got {getattr(ids, 'dtype', type(ids))}")
+                raise ValueError(f"{name} must be an integer tensor of word ids, "
+                                 f"got {getattr(ids, 'dtype', type(ids))}")
             if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
-                raise ValueError(f"{name} ids must lie in [0, {self.vocab_size}), got min={int(ids.min())}, max={int(ids.max())}")
+                raise ValueError(f"{name} ids must lie in [0, {self.vocab_size}), "
+                                 f"got min={int(ids.min())}, max={int(ids.max())}")
         if center.dim() != 1 or context.shape != center.shape:
             raise ValueError(f"center and context must be (B,), got {tuple(center.shape)} and {tuple(context.shape)}")
         if negatives.dim() != 2 or negatives.shape[0] != center.shape[0]:

@@ -124,8 +124,8 @@ def _train(args: argparse.Namespace) -> int:
 
     world = args.nproc * args.nnodes
     if world > 1 and not distributed.under_torchrun():  # re-run this very command in world processes
-        return distributed.launch(_without_launch_options(args.argv), args.nproc, args.nnodes, args.node_rank, args.master_addr,
-                                  args.master_port)
+        return distributed.launch(_without_launch_options(args.argv), args.nproc, args.nnodes, args.node_rank,
+                                  args.master_addr, args.master_port)
     meta = distributed.train_task(args.task, args.profile, args.steps, args.out, global_batch=args.batch, lr=args.lr,
                                   seed=args.seed, dropout=args.dropout, grad_accum=args.grad_accum, bf16=args.bf16,
                                   gradient_checkpointing=args.checkpointing, threads=args.threads or None,

@@ -64,7 +64,7 @@ def _test_accuracy(model: torch.nn.Module, dataset: DigitsDataset) -> float:
 
 
 def train_digits_classifier(profile: str | None = None, root: Path | None = None, progress: bool = False) -> Path:
-    """Train ResNet-18 on the digits training part with Chapter 4's recipe and publish it atomically; returns the folder."""
+    """Train ResNet-18 on the digits training part with Chapter 4's recipe, publish it atomically, return the folder."""
     name = get_profile(profile).name
     recipe = RECIPES[name]
     splits = digits_splits(test_size=0.2, val_size=0.15, seed=0)

@@ -144,7 +144,8 @@ def finetune(model, tokenizer: CharTokenizer, train: tuple[list, list], test: tu
             "seconds": seconds, "history": history, "model": trainer.model, "test_logits": logits}
 
 
-def label_efficiency(profile: str | None = None, kind: str = "bert", seed: int = 0, progress: bool = False) -> list[dict]:
+def label_efficiency(profile: str | None = None, kind: str = "bert", seed: int = 0,
+                     progress: bool = False) -> list[dict]:
     """For each label count: test accuracy of the pre-trained and the randomly initialised `kind` ('bert' or 'gpt')
     classifier, and of TF-IDF + LR.
 

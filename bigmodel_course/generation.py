@@ -150,7 +150,7 @@ def repeated_ngram_rate(tokens: Sequence, n: int) -> float:
 
 @torch.no_grad()
 def continuation_logprobs(model: nn.Module, ids: Tensor, prompt_len: int, pad_id: int | None = None) -> Tensor:
-    """Mean log-probability per token of each row's continuation (positions >= prompt_len, pads skipped) under `model`."""
+    """Mean log-probability per token of each row's continuation (positions >= prompt_len, no pads) under `model`."""
     if ids.dim() != 2 or not 0 < prompt_len < ids.shape[1]:
         raise ValueError(f"need (batch, length) ids with 0 < prompt_len < length, got {tuple(ids.shape)}, {prompt_len}")
     if ids.shape[1] > model.cfg.max_len:

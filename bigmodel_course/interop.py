@@ -43,7 +43,8 @@ def gpt_config_from_hf(hf_config) -> GPTConfig:
     if getattr(hf_config, "scale_attn_by_inverse_layer_idx", False) or getattr(
         hf_config, "reorder_and_upcast_attn", False
     ):
-        raise ValueError("GPT-2 variants with scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn are not supported")
+        raise ValueError("GPT-2 variants with scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn "
+                         "are not supported")
     return GPTConfig(
         vocab_size=hf_config.vocab_size,
         max_len=hf_config.n_positions,
@@ -206,7 +207,8 @@ def _bert_pairs(n_layers: int, ours: str, hf: str, pooler: bool) -> list[tuple[s
                      ("ffn.fc1", "intermediate.dense"), ("ffn.fc2", "output.dense"), ("norm2", "output.LayerNorm")]:
             pairs += [(o + a + ".weight", h + b + ".weight"), (o + a + ".bias", h + b + ".bias")]
     if pooler:
-        pairs += [(ours + "pooler.0.weight", hf + "pooler.dense.weight"), (ours + "pooler.0.bias", hf + "pooler.dense.bias")]
+        pairs += [(ours + "pooler.0.weight", hf + "pooler.dense.weight"),
+                  (ours + "pooler.0.bias", hf + "pooler.dense.bias")]
     return pairs
 
 
@@ -285,7 +287,8 @@ def encoder_to_hf(model: TransformerEncoder | EncoderForMaskedLM | EncoderForPre
         hf = BertModel(hf_cfg, add_pooling_layer=pooler)
         state = _ours_to_bert(src, n, "", "", pooler)
     else:
-        raise ValueError(f"expected TransformerEncoder, EncoderForMaskedLM or EncoderForPreTraining, got {type(model).__name__}")
+        raise ValueError("expected TransformerEncoder, EncoderForMaskedLM or EncoderForPreTraining, "
+                         f"got {type(model).__name__}")
     _load_exact(hf, state, f"{type(model).__name__} to BERT")
     return hf.eval()
 

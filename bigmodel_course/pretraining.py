@@ -81,7 +81,7 @@ def make_nsp_pairs(documents: Sequence[Sequence[str]], seed: int = 0) -> list[Se
 
 
 def causal_lm_blocks(token_ids: Sequence[int] | Tensor, block_size: int) -> Tensor:
-    """Cut one long token stream into (n_blocks, block_size) contiguous blocks; the tail that does not fill a block is dropped."""
+    """Cut one long token stream into (n_blocks, block_size) contiguous blocks; an incomplete last block is dropped."""
     ids = torch.as_tensor(token_ids, dtype=torch.long)
     if ids.dim() != 1:
         raise ValueError(f"token_ids must be one flat (1-D) sequence, got shape {tuple(ids.shape)}")

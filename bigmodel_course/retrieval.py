@@ -30,7 +30,8 @@ class SentenceEncoder:
                  device: str | torch.device = "cpu") -> None:
         if not isinstance(encoder, TransformerEncoder):
             raise ValueError(f"encoder must be a TransformerEncoder, got {type(encoder).__name__}")
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or not 2 <= max_length <= encoder.cfg.max_len:
+        if (isinstance(max_length, bool) or not isinstance(max_length, int)
+                or not 2 <= max_length <= encoder.cfg.max_len):
             raise ValueError(f"max_length must be an int in [2, {encoder.cfg.max_len}], got {max_length!r}")
         self.device = torch.device(device)
         self.encoder = encoder.to(self.device).eval()

@@ -165,7 +165,8 @@ def _is_caption(line: str) -> bool:
 
 def _is_title(line: str) -> bool:
     """A headline-like line: short, no sentence-final punctuation anywhere, not ending in a colon."""
-    return len(line) <= 40 and not line.endswith(tuple(_TERMINAL) + ("：", ":")) and not any(c in line for c in "。！？")
+    return (len(line) <= 40 and not line.endswith(tuple(_TERMINAL) + ("：", ":"))
+            and not any(c in line for c in "。！？"))
 
 
 _PHOTO_NOTE = re.compile(r"（[^（）]*(图片|照片)[^（）]*）$")

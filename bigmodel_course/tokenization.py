@@ -50,7 +50,7 @@ class CharTokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], min_freq: int = 1, max_size: int | None = None) -> "CharTokenizer":
-        """Build the vocabulary from a corpus: characters by falling frequency (ties by code point); max_size counts the specials."""
+        """Build the vocabulary: characters by falling frequency (ties by code point); max_size counts the specials."""
         if not isinstance(min_freq, int) or min_freq < 1:
             raise ValueError(f"min_freq must be an int >= 1, got {min_freq!r}")
         if max_size is not None and (not isinstance(max_size, int) or max_size <= len(SPECIAL_TOKENS)):
@@ -162,7 +162,8 @@ class CharTokenizer:
             width = max(lengths)
         else:
             if len(set(lengths)) > 1:
-                raise ValueError(f"padding=False needs equal lengths, got lengths from {min(lengths)} to {max(lengths)}")
+                raise ValueError("padding=False needs equal lengths, "
+                                 f"got lengths from {min(lengths)} to {max(lengths)}")
             width = lengths[0]
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         token_type_ids = torch.zeros((len(rows), width), dtype=torch.long)

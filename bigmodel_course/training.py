@@ -63,7 +63,8 @@ class TrainConfig:
     early_stopping_patience: int | None = None  # evaluations without improvement; None: off
     monitor: str = "eval_loss"
     mode: str = "min"
-    restore_best: bool = False  # at the end, load the weights of the best evaluation (kept in memory, not in checkpoints)
+    # at the end, load the weights of the best evaluation (kept in memory, not in checkpoints)
+    restore_best: bool = False
     log_every: int = 10
     save_every: int | None = None  # with Trainer(checkpoint_dir=...): save every n steps and at the end
     seed: int = 0
@@ -336,7 +337,7 @@ class Trainer:
         return loss, float(norm)
 
     def train(self, steps: int | None = None) -> list[dict]:
-        """Train until max_steps, `steps` more steps or early stopping (seeds RNGs on a fresh start); returns history."""
+        """Train until max_steps, `steps` more steps or early stopping (a fresh start seeds RNGs); returns history."""
         if steps is not None and (not isinstance(steps, int) or steps <= 0):
             raise ValueError(f"steps must be a positive int, got {steps!r}")
         cfg = self.config

@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from .transformer import ACTIVATIONS, ModelOutput, TransformerBlock, TransformerConfig, classification_loss, init_weights
+from .transformer import (ACTIVATIONS, ModelOutput, TransformerBlock, TransformerConfig, classification_loss,
+                          init_weights)
 
 
 @dataclass
@@ -31,7 +32,8 @@ class ViTConfig:
     def __post_init__(self) -> None:
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
-        for name in ("image_size", "patch_size", "in_channels", "num_classes", "d_model", "n_heads", "n_layers", "d_ff"):
+        for name in ("image_size", "patch_size", "in_channels", "num_classes", "d_model", "n_heads", "n_layers",
+                     "d_ff"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.image_size % self.patch_size != 0:
@@ -91,7 +93,8 @@ class ViT(nn.Module):
         nn.init.trunc_normal_(self.position, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
-    def forward(self, pixel_values: Tensor, labels: Tensor | None = None, return_attention: bool = False) -> ModelOutput:
+    def forward(self, pixel_values: Tensor, labels: Tensor | None = None,
+                return_attention: bool = False) -> ModelOutput:
         """Class logits (B, num_classes) for images (B, C, H, W); given labels (B,), the cross-entropy loss."""
         c = self.cfg
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != (c.in_channels, c.image_size, c.image_size):

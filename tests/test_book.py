@@ -92,7 +92,8 @@ def test_figures_and_equations_are_numbered_by_chapter(book):
         chapter = test_figures._chapter(Path(doc))
         expected.setdefault(chapter, [])
         page = (html / f"{doc}.html").read_text(encoding="utf-8")
-        figs = re.findall(r'<figure class="notebook-figure[^"]*" id="([^"]+)">.*?caption-number">图 ([\d.]+) <', page, re.S)
+        figs = re.findall(r'<figure class="notebook-figure[^"]*" id="([^"]+)">.*?caption-number">图 ([\d.]+) <',
+                          page, re.S)
         eqs = re.findall(r'id="equation-(eq-[^"]+)">\s*<span class="eqno">\(([\d.]+)\)', page)
         names = [e["name"] for _, e in test_figures.figures(nb)]
         labels = [label for _, label in test_figures.equations(nb) if label]
@@ -103,7 +104,8 @@ def test_figures_and_equations_are_numbered_by_chapter(book):
         for ident, number in anchors:  # a reference prints the number its target shows
             for ref in re.findall(rf'<a class="reference internal" href="[^"]*#{re.escape(ident)}"[^>]*>'
                                   r'(?:<span class="std std-numref">)?([^<]*)<', page):
-                assert ref.strip() in (f"图 {number}", f"({number})"), f"{doc}: reference to {ident} reads {ref!r}, the target is {number}"
+                assert ref.strip() in (f"图 {number}", f"({number})"), (
+                    f"{doc}: reference to {ident} reads {ref!r}, the target is {number}")
     for chapter, numbers in expected.items():
         for kind in ("fig", "eq"):
             got = [n for k, n in numbers if k == kind]

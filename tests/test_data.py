@@ -133,7 +133,8 @@ def test_classification_dataset_and_collate(char_tok):
     batch = next(iter(DataLoader(ds, batch_size=3, collate_fn=ds.collate)))
     assert batch["input_ids"].shape == batch["attention_mask"].shape == (3, 8)
     assert batch["labels"].tolist() == [1, 1, 0] and batch["labels"].dtype == torch.long
-    assert batch["input_ids"][2, 3:].eq(char_tok.pad_id).all() and batch["attention_mask"][2].tolist() == [1, 1, 1] + [0] * 5
+    assert (batch["input_ids"][2, 3:].eq(char_tok.pad_id).all()
+            and batch["attention_mask"][2].tolist() == [1, 1, 1] + [0] * 5)
     small = collate([ds[0], ds[2]], pad_id=char_tok.pad_id)
     assert small["input_ids"].shape == (2, 4)  # padded to the longest in the batch only
 

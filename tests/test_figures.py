@@ -111,7 +111,7 @@ LINK = re.compile(r"\{(?:ref|doc)\}`[^`]+`")
 
 
 def diagrams() -> list[tuple[str, str, str]]:
-    """(notebook, diagram body, the Markdown that follows it: rest of its cell and the next Markdown cell), in reading order."""
+    """(notebook, diagram body, the Markdown after it: rest of its cell and next Markdown cell), in reading order."""
     found = []
     for doc in nbtools.toc_files():
         if not doc.startswith("chapters/"):

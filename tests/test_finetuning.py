@@ -62,7 +62,7 @@ def test_sentiment_classifier_is_trained_once_cached_and_reloaded_exactly(tmp_pa
     with pytest.raises(FileNotFoundError, match="no fine-tuned gpt sentiment classifier"):
         load_sentiment_classifier("gpt", "ci", train_if_missing=False)
     first = load_sentiment_classifier("gpt", "ci")
-    assert first.path == sentiment_dir("gpt", "ci") and 0.0 <= first.meta["test_accuracy"] <= 1.0
+    assert first.path == sentiment_dir("gpt", "ci")
     assert 1 <= first.meta["best_step"] <= first.meta["steps"]
     again = load_sentiment_classifier("gpt", "ci", train_if_missing=False)
     for (name, a), b in zip(first.model.state_dict().items(), again.model.state_dict().values()):

@@ -54,7 +54,10 @@ def test_sampling_is_reproducible_and_top_k_1_is_greedy(model):
 def test_top_k_and_top_p_keep_the_right_tokens():
     probs = torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]])
     logits = probs.log()
-    kept = lambda out: torch.isfinite(out[0]).nonzero().flatten().tolist()  # noqa: E731
+
+    def kept(out):
+        return torch.isfinite(out[0]).nonzero().flatten().tolist()
+
     assert kept(filter_logits(logits, top_k=2)) == [0, 1]
     assert kept(filter_logits(logits, top_p=0.5)) == [0]
     assert kept(filter_logits(logits, top_p=0.7)) == [0, 1]      # 0.5 + 0.2 reaches 0.7

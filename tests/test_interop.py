@@ -115,7 +115,8 @@ def test_masked_lm_both_ways(bert_config):
 
 
 def test_unsupported_models_and_configs_are_rejected(hf_gpt2, bert_config):
-    with pytest.raises(ValueError, match="expected one of BertModel, BertForMaskedLM, BertForPreTraining, got GPT2LMHeadModel"):
+    with pytest.raises(ValueError,
+                       match="expected one of BertModel, BertForMaskedLM, BertForPreTraining, got GPT2LMHeadModel"):
         encoder_from_hf(hf_gpt2)
     hf_gpt2.config.activation_function = "swish"
     with pytest.raises(ValueError, match="unsupported Hugging Face activation 'swish'"):

@@ -41,9 +41,9 @@ def text_model(seed: int, tokenizer_file):
 
 def publish(reg, seed, tokenizer_file):
     cfg, model = text_model(seed, tokenizer_file)
-    return reg.publish("reviews", model, task="text", architecture="gpt_classifier", config=cfg, labels=["负面", "正面"],
-                       metrics={"accuracy": 0.5 + seed / 100}, preprocessing={"max_len": 16},
-                       files={"tokenizer.json": tokenizer_file})
+    return reg.publish("reviews", model, task="text", architecture="gpt_classifier", config=cfg,
+                       labels=["负面", "正面"], metrics={"accuracy": 0.5 + seed / 100},
+                       preprocessing={"max_len": 16}, files={"tokenizer.json": tokenizer_file})
 
 
 @pytest.fixture

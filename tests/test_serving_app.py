@@ -87,7 +87,8 @@ def test_healthz_and_models(client, reg):
     health = client.get("/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok"
     models = client.get("/v1/models").json()["models"]
-    assert [(m["name"], m["version"], m["promoted"]) for m in models] == [("digits", "v1", True), ("reviews", "v1", True)]
+    assert ([(m["name"], m["version"], m["promoted"]) for m in models]
+            == [("digits", "v1", True), ("reviews", "v1", True)])
     card = reg.promoted("reviews")
     assert models[1]["sha256"] == card.sha256 and models[1]["metrics"] == {"accuracy": 0.5}
     assert models[1]["created"] == card.created and models[1]["labels"] == ["负面", "正面"]
@@ -104,7 +105,8 @@ def test_text_predictions_equal_predict_and_the_models_argmax(client, reg):
         ids = torch.tensor([loaded.tokenizer.encode(text, max_len=16)])
         with torch.no_grad():
             logits = loaded.model(input_ids=ids).logits[0]
-        assert prediction["label_id"] == int(logits.argmax()) and prediction["label"] == ["负面", "正面"][int(logits.argmax())]
+        assert (prediction["label_id"] == int(logits.argmax())
+                and prediction["label"] == ["负面", "正面"][int(logits.argmax())])
         assert sum(prediction["probabilities"].values()) == pytest.approx(1.0)
     assert "reviews:v1" in client.get("/healthz").json()["loaded"]
 
@@ -139,7 +141,8 @@ def test_png_uploads_equal_predict_on_the_decoded_pixels(client, reg):
     ({"model": "reviews", "texts": ["好" * 513]}, 422, "texts[0] is too long: 513 characters; at most 512"),
     ({"model": "reviews", "texts": ["好"] * 65}, 422, "too many texts: 65; at most 64"),
     ({"model": "nope", "texts": ["好"]}, 404, "unknown model 'nope'; registered models: digits, reviews"),
-    ({"model": "digits", "texts": ["好"]}, 400, "'digits' is an image model, not a text model; use POST /v1/image/classify"),
+    ({"model": "digits", "texts": ["好"]}, 400,
+     "'digits' is an image model, not a text model; use POST /v1/image/classify"),
     ({"model": "../etc", "texts": ["好"]}, 422, "invalid model name '../etc'"),
     ({"texts": ["好"]}, 422, "missing field 'model'"),
     ({"model": "reviews"}, 422, "missing field 'texts'"),
@@ -175,8 +178,10 @@ def test_bad_image_uploads(client):
     cases = [
         ({"model": "digits"}, [good, ("files", ("notes.txt", b"hello", "text/plain"))], 422,
          "files[1] (notes.txt) is not a PNG image"),
-        ({"model": "digits"}, [("files", ("big.png", big, "image/png"))], 422, "files[0] (big.png) is 16×16 pixels; expected 8×8"),
-        ({"model": "digits"}, [("files", ("empty.png", b"", "image/png"))], 422, "files[0] (empty.png) is not a PNG image"),
+        ({"model": "digits"}, [("files", ("big.png", big, "image/png"))], 422,
+         "files[0] (big.png) is 16×16 pixels; expected 8×8"),
+        ({"model": "digits"}, [("files", ("empty.png", b"", "image/png"))], 422,
+         "files[0] (empty.png) is not a PNG image"),
         ({"model": "digits"}, [("other", ("a.png", b"x", "image/png"))], 422, "missing form field 'files'"),
         ({}, [good], 422, "missing form field 'model'"),
         ({"model": "nope"}, [good], 404, "unknown model 'nope'"),
@@ -189,7 +194,8 @@ def test_bad_image_uploads(client):
     response = client.post("/v1/image/classify", data={"model": "digits", "files": "not a file"},
                            files=[("x", ("a.png", b"x"))])
     assert response.status_code == 422 and "files[0] must be a file upload" in response.json()["detail"]
-    response = client.post("/v1/image/classify", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"})
+    response = client.post("/v1/image/classify", content=b"--x\r\nbroken",
+                           headers={"content-type": "multipart/form-data"})
     assert response.status_code == 400 and "malformed multipart body: Missing boundary" in response.json()["detail"]
     response = client.post("/v1/image/classify", content=b"1,2,3", headers={"content-type": "text/csv"})
     assert response.status_code == 415 and "unsupported Content-Type 'text/csv'" in response.json()["detail"]
@@ -197,7 +203,8 @@ def test_bad_image_uploads(client):
 
 @pytest.mark.parametrize("route", ["/v1/text/classify", "/v1/image/classify"])
 def test_malformed_json(client, route):
-    response = client.post(route, content=b'{"model": "reviews", "texts": [', headers={"content-type": "application/json"})
+    response = client.post(route, content=b'{"model": "reviews", "texts": [',
+                           headers={"content-type": "application/json"})
     assert response.status_code == 400 and response.json()["detail"].startswith("malformed JSON:")
 
 
@@ -223,8 +230,10 @@ def test_the_body_limit_counts_bytes_not_items(reg):
     ok = small.post("/v1/text/classify", json={"model": "reviews", "texts": ["好"]})
     assert ok.status_code == 200
     assert small.post("/v1/text/classify", json={"model": "reviews", "texts": ["好" * 80]}).status_code == 413
-    assert "at most 2" in small.post("/v1/text/classify", json={"model": "reviews", "texts": ["好"] * 3}).json()["detail"]
-    assert "at most 5" in small.post("/v1/text/classify", json={"model": "reviews", "texts": ["好" * 6]}).json()["detail"]
+    assert "at most 2" in small.post("/v1/text/classify",
+                                     json={"model": "reviews", "texts": ["好"] * 3}).json()["detail"]
+    assert "at most 5" in small.post("/v1/text/classify",
+                                     json={"model": "reviews", "texts": ["好" * 6]}).json()["detail"]
     chunked = small.post("/v1/text/classify", content=iter([b'{"model": "reviews", ', b'"texts": ["ok"]}']),
                          headers={"content-type": "application/json"})
     assert chunked.status_code == 200  # a small chunked body is passed on whole
@@ -258,7 +267,8 @@ def test_a_tampered_model_is_refused_without_leaking_paths(tmp_path):
         reg.promote(card.name, card.version)
     weights = reg.root / "digits" / "v1" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x00\x01")
-    response = RecordingClient(create_app(reg)).post("/v1/image/classify", json={"model": "digits", "images": DIGITS[:1].tolist()})
+    response = RecordingClient(create_app(reg)).post("/v1/image/classify",
+                                                     json={"model": "digits", "images": DIGITS[:1].tolist()})
     assert response.status_code == 503 and str(tmp_path) not in response.text
     assert response.json()["detail"] == "model 'digits' cannot be loaded; the details are in the server log"
 

@@ -13,7 +13,8 @@ from bigmodel_course.serving.batching import length_buckets
 from bigmodel_course.tokenization import CharTokenizer
 from bigmodel_course.transformer import GPTConfig
 
-TEXTS = ["这本书写得很好，值得推荐", "质量太差了", "物流很快，包装也不错，下次还来", "退货麻烦", "好", "一般般吧，凑合用"]
+TEXTS = ["这本书写得很好，值得推荐", "质量太差了", "物流很快，包装也不错，下次还来", "退货麻烦", "好",
+         "一般般吧，凑合用"]
 
 
 class Recorder:
@@ -107,7 +108,8 @@ def test_models_are_batched_separately_and_errors_reach_every_waiting_request():
 
     async def main():
         batcher = MicroBatcher(max_items=64, max_wait_s=0.05)
-        jobs = [batcher.submit(good, [1]), batcher.submit(bad, [13]), batcher.submit(bad, [2]), batcher.submit(good, [3])]
+        jobs = [batcher.submit(good, [1]), batcher.submit(bad, [13]), batcher.submit(bad, [2]),
+                batcher.submit(good, [3])]
         results = await asyncio.gather(*jobs, return_exceptions=True)
         after = await batcher.submit(good, [5])  # the worker survived the error
         await batcher.aclose()
@@ -245,7 +247,8 @@ def test_serve_command_line_flags(capsys):
 
     args = build_parser().parse_args(["serve", "--micro-batch", "16", "--micro-batch-wait-ms", "2.5",
                                       "--micro-batch-workers", "2", "--micro-batch-tokens", "0"])
-    assert (args.micro_batch, args.micro_batch_wait_ms, args.micro_batch_workers, args.micro_batch_tokens) == (16, 2.5, 2, 0)
+    assert (args.micro_batch, args.micro_batch_wait_ms, args.micro_batch_workers,
+            args.micro_batch_tokens) == (16, 2.5, 2, 0)
     assert build_parser().parse_args(["serve"]).micro_batch == 0  # off by default
     for bad in (["--micro-batch", "-1"], ["--micro-batch-wait-ms", "5000"]):
         with pytest.raises(SystemExit):

@@ -64,9 +64,11 @@ def test_the_server_listens_on_localhost_and_answers_healthz(server):
 
 
 def test_classify_text_and_images_over_http(server, reg):
-    text = httpx.post(f"{server}/v1/text/classify", json={"model": "tiny-text", "texts": list(TINY_TEXTS[:2])}, timeout=30)
+    text = httpx.post(f"{server}/v1/text/classify", json={"model": "tiny-text", "texts": list(TINY_TEXTS[:2])},
+                      timeout=30)
     assert text.status_code == 200 and text.json()["predictions"] == reg.load("tiny-text").predict(list(TINY_TEXTS[:2]))
-    image = httpx.post(f"{server}/v1/image/classify", json={"model": "tiny-digits", "images": DIGITS.tolist()}, timeout=30)
+    image = httpx.post(f"{server}/v1/image/classify", json={"model": "tiny-digits", "images": DIGITS.tolist()},
+                       timeout=30)
     assert image.status_code == 200 and image.json()["predictions"] == reg.load("tiny-digits").predict(DIGITS)
     files = [("files", (f"{i}.png", encode_png(d), "image/png")) for i, d in enumerate(DIGITS)]
     upload = httpx.post(f"{server}/v1/image/classify", data={"model": "tiny-digits"}, files=files, timeout=30)
@@ -118,7 +120,8 @@ def test_background_server_reports_a_server_that_cannot_start(reg):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(RuntimeError, match=f"exited with code 2 before it was ready:(.|\n)*cannot listen on 127.0.0.1:{port}"):
+        with pytest.raises(RuntimeError,
+                           match=f"exited with code 2 before it was ready:(.|\n)*cannot listen on 127.0.0.1:{port}"):
             with background_server(reg, port=port):
                 pass  # pragma: no cover
     with pytest.raises(ValueError, match="port must be an int"):

@@ -117,7 +117,8 @@ def test_decode_png_rejects_other_files_and_sizes():
 def test_validation_messages_are_short_and_name_the_field():
     assert validation_message([{"type": "missing", "loc": ("body", "texts"), "msg": "Field required"}]) == (
         422, "missing field 'texts'")
-    assert validation_message([{"type": "string_type", "loc": ("body", "texts", 2), "msg": "Input should be a valid string"},
+    assert validation_message([{"type": "string_type", "loc": ("body", "texts", 2),
+                                "msg": "Input should be a valid string"},
                                {"type": "string_type", "loc": ("body", "texts", 3), "msg": "x"}]) == (
         422, "texts[2]: Input should be a valid string (and 1 more problem)")
     assert validation_message([{"type": "extra_forbidden", "loc": ("body", "foo"), "msg": "x"}]) == (

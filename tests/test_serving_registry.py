@@ -295,7 +295,8 @@ def test_default_root_comes_from_the_environment(tmp_path, monkeypatch):
 
 def test_architectures_build_models_that_return_logits(tmp_path):
     configs = {
-        "gpt_classifier": GPTConfig(vocab_size=20, max_len=16, d_model=16, n_heads=2, n_layers=1, num_labels=3).to_dict(),
+        "gpt_classifier": GPTConfig(vocab_size=20, max_len=16, d_model=16, n_heads=2, n_layers=1,
+                                    num_labels=3).to_dict(),
         "encoder_classifier": EncoderConfig(vocab_size=20, max_len=16, d_model=16, n_heads=2, n_layers=1,
                                             num_labels=3).to_dict(),
         "vit": ViTConfig(d_model=16, n_heads=2, n_layers=1, num_classes=3).to_dict(),

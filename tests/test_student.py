@@ -129,7 +129,8 @@ def test_remover_drops_solution_cells_and_answer_blocks_and_clears_outputs():
     student, removed = make_student.student_notebook(_synthetic(), "synthetic.ipynb")
     assert removed == make_student.Removed(cells=3, blocks=3)
     assert [c.cell_type for c in student.cells] == ["markdown", "code", "code", "markdown"]
-    assert student.cells[0].source.endswith("```{dropdown} 推导细节\n与答案无关的展开内容。\n```")  # not an answer: kept
+    # not an answer: kept
+    assert student.cells[0].source.endswith("```{dropdown} 推导细节\n与答案无关的展开内容。\n```")
     exercises = student.cells[3].source
     assert "1. **问题一** 算一算。\n2. **问题二** 想一想。" in exercises and exercises.endswith("结尾的一句话。")
     for gone in ("参考答案", "解释文字", "嵌套的说明", "answer", "四十二", "::::", "<details"):

@@ -1,4 +1,4 @@
-"""Trainer tests: accumulation, exact resume, schedule, clipping, early stopping (checkpoint files: test_checkpoints)."""
+"""Trainer tests: accumulation, exact resume, schedule, clipping, early stopping (checkpoints: test_checkpoints)."""
 
 import json
 
@@ -184,7 +184,8 @@ def test_resume_is_exact(tmp_path):
     torch.manual_seed(123)  # disturb the global RNG: load must restore it
     second = make(99)
     second.load_checkpoint(tmp_path / "ckpt")
-    assert (second.step, second.epoch, second.batch_in_epoch) == (3, 1, 3)  # 6 micro-batches: epoch 0 and all of epoch 1
+    # 6 micro-batches: epoch 0 and all of epoch 1
+    assert (second.step, second.epoch, second.batch_in_epoch) == (3, 1, 3)
     second.train()
     assert second.step == full.step == 7
     for k, v in full.model.state_dict().items():

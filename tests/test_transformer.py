@@ -91,8 +91,9 @@ def test_heads_return_logits_and_losses():
     out = EncoderForMaskedLM(small(EncoderConfig))(ids, mask, labels=mlm_labels)
     assert out.logits.shape == (3, 7, 50)
     assert out.loss.item() == pytest.approx(torch.log(torch.tensor(50.0)).item(), rel=0.1)
-    out = GPT(small())(ids, labels=ids)
-    assert out.loss.item() > 0
+    out = GPT(small())(ids, labels=ids)  # next-token loss: logits at t predict the id at t + 1
+    expected = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_gpt_classifier_reads_the_last_real_token():

@@ -295,7 +295,8 @@ def test_resnet_keeps_spatial_resolution_through_the_stages():
     model = ResNetForImageClassification().eval()
     sizes = {}
     for name in ("layer1", "layer2", "layer3", "layer4"):
-        getattr(model.resnet, name).register_forward_hook(lambda m, i, o, name=name: sizes.__setitem__(name, o.shape[-2:]))
+        getattr(model.resnet, name).register_forward_hook(
+            lambda m, i, o, name=name: sizes.__setitem__(name, o.shape[-2:]))
     with torch.no_grad():
         model(torch.randn(1, 1, 8, 8))
     assert {k: tuple(v) for k, v in sizes.items()} == {"layer1": (8, 8), "layer2": (4, 4), "layer3": (2, 2),

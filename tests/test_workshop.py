@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import nbformat
 import pytest
@@ -18,8 +17,8 @@ ROOT = nbtools.ROOT
 GUIDE = ROOT / "book" / "workshop.md"
 ROW = re.compile(r"^\| `(?P<nb>[\w.]+\.ipynb)` \| (?P<title>.+?) \| (?P<ci>[\d.]+)(?P<ci_busy>\\\*)? \| "
                  r"(?P<full>[\d.]+)(?P<full_busy>\\\*)? \| (?P<peak>[\d,]+) \|$", re.MULTILINE)
-TOTAL = re.compile(r"^\| \*\*合计\*\* \| \| \*\*(?P<ci>[\d.]+)\*\* \| \*\*(?P<full>[\d.]+)\*\* \| \*\*(?P<peak>[\d,]+)\*\*（最大） \|$",
-                   re.MULTILINE)
+TOTAL = re.compile(r"^\| \*\*合计\*\* \| \| \*\*(?P<ci>[\d.]+)\*\* \| \*\*(?P<full>[\d.]+)\*\* \| "
+                   r"\*\*(?P<peak>[\d,]+)\*\*（最大） \|$", re.MULTILINE)
 
 
 def table() -> tuple[list[dict], dict]:
@@ -109,7 +108,8 @@ def test_quoted_versions_equal_the_pins():
     quoted = re.findall(r"\b([A-Za-z][\w.-]*)==(\d[\w.]*)", GUIDE.read_text(encoding="utf-8"))
     assert quoted
     for name, version in quoted:
-        assert pins.get(_normalise(name)) == version, f"workshop.md quotes {name}=={version}, pyproject pins {pins.get(_normalise(name))}"
+        assert pins.get(_normalise(name)) == version, (
+            f"workshop.md quotes {name}=={version}, pyproject pins {pins.get(_normalise(name))}")
 
 
 def test_render_formats_minutes_and_totals():

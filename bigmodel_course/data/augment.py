@@ -1,4 +1,4 @@
-"""Seeded data augmentation: EDA-style word deletion/swap/insertion for Chinese that never touches negation, and image copies."""
+"""Seeded augmentation: EDA-style word deletion/swap/insertion for Chinese that spares negation, and image copies."""
 
 from __future__ import annotations
 

@@ -152,7 +152,7 @@ def _shingle_matrix(texts: list[str], k: int):
 
 def exact_jaccard_pairs(texts: Sequence[str], threshold: float = 0.8, k: int = 3,
                         chunk: int = 2000) -> list[tuple[int, int, float]]:
-    """All pairs i < j whose exact shingle Jaccard is >= threshold (brute force with sparse products; the reference for LSH)."""
+    """All pairs i < j with exact shingle Jaccard >= threshold (brute force via sparse products; reference for LSH)."""
     threshold = _check_threshold(threshold)
     texts = _check_texts(texts)
     if not texts:
@@ -194,7 +194,7 @@ def near_duplicate_groups(n: int, pairs) -> list[list[int]]:
 
 def cross_near_duplicates(train_texts: Sequence[str], test_texts: Sequence[str], threshold: float = 0.8,
                           k: int = 3, num_perm: int = 128, seed: int = 1) -> dict[int, tuple[int, float]]:
-    """Test index -> (most similar train index, exact Jaccard) for test texts with a verified near-duplicate in train."""
+    """Test index -> (closest train index, exact Jaccard) for test texts with a verified near-duplicate in train."""
     threshold = _check_threshold(threshold)
     train, test = _check_texts(train_texts, "train_texts"), _check_texts(test_texts, "test_texts")
     lsh = _lsh(minhash_signatures(train, k, num_perm, seed), threshold, num_perm)
@@ -208,7 +208,7 @@ def cross_near_duplicates(train_texts: Sequence[str], test_texts: Sequence[str],
     return out
 
 
-# ------------------------------------------------------------------ a baseline model, out-of-fold predictions, label issues
+# -------------------------------------------------------------- a baseline model, out-of-fold predictions, label issues
 
 
 def char_tfidf_logreg(ngram_range: tuple[int, int] = (1, 3), C: float = 1.0):
@@ -240,7 +240,7 @@ def fit_and_score(train_texts: Sequence[str], train_labels: Sequence[int], test_
 
 def out_of_fold_probabilities(texts: Sequence[str], labels: Sequence[int], folds: int = 5, seed: int = 0,
                               model=None) -> np.ndarray:
-    """(N, classes) predicted probabilities where each text is scored by a model that never saw it (stratified k-fold)."""
+    """(N, classes) predicted probabilities, each text scored by a model that never saw it (stratified k-fold)."""
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     texts, labels = _check_labelled(texts, labels)

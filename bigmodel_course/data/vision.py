@@ -128,7 +128,8 @@ class DigitsDataset(Dataset):
         if transform is not None and not callable(transform):
             raise ValueError(f"transform must be callable, got {type(transform).__name__}")
         normalise_digits(x[:1], mean, std)  # validates mean and std
-        self.images, self.labels, self.mean, self.std, self.transform = x[:, None], y, float(mean), float(std), transform
+        self.images, self.labels, self.mean, self.std, self.transform = (
+            x[:, None], y, float(mean), float(std), transform)
 
     def __len__(self) -> int:
         return len(self.labels)

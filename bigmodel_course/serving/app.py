@@ -155,7 +155,8 @@ class ModelCache:
 
 def _check_limits(max_batch: int, max_text_chars: int, max_body_bytes: int) -> None:
     """Each limit must be a positive int."""
-    for key, value in (("max_batch", max_batch), ("max_text_chars", max_text_chars), ("max_body_bytes", max_body_bytes)):
+    for key, value in (("max_batch", max_batch), ("max_text_chars", max_text_chars),
+                       ("max_body_bytes", max_body_bytes)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{key} must be a positive int, got {value!r}")
 
@@ -178,8 +179,9 @@ def create_app(
 
     micro_batch > 0 gathers concurrent text requests for up to `micro_batch_wait_ms` or `micro_batch` texts;
     `micro_batch_workers` batches run at a time, each cut into forward passes of similar text lengths of at most
-    `micro_batch_tokens` padded characters (0: one forward pass per batch, padded to its longest text). admin_key (None: read BIGMODEL_ADMIN_KEY; unset: admin routes disabled) protects
-    the /v1/admin routes, whose bodies (model uploads) may be up to admin_max_body_bytes.
+    `micro_batch_tokens` padded characters (0: one forward pass per batch, padded to its longest text). admin_key
+    (None: read BIGMODEL_ADMIN_KEY; unset: admin routes disabled) protects the /v1/admin routes, whose bodies
+    (model uploads) may be up to admin_max_body_bytes.
     """
     from .. import __version__
 

@@ -36,7 +36,8 @@ def psi(reference: Sequence[float], live: Sequence[float], eps: float = 1e-4) ->
     """Population stability index of two histograms over the same bins (counts or proportions; each is normalised)."""
     ref, cur = np.asarray(reference, dtype=np.float64), np.asarray(live, dtype=np.float64)
     if ref.shape != cur.shape or ref.ndim != 1 or ref.size < 2:
-        raise ValueError(f"reference and live must be 1-D histograms of the same length ≥ 2, got {ref.shape} and {cur.shape}")
+        raise ValueError("reference and live must be 1-D histograms of the same length ≥ 2, "
+                         f"got {ref.shape} and {cur.shape}")
     if (ref < 0).any() or (cur < 0).any() or not (np.isfinite(ref).all() and np.isfinite(cur).all()):
         raise ValueError("histograms must hold finite non-negative numbers")
     if ref.sum() == 0 or cur.sum() == 0:
@@ -119,7 +120,8 @@ class DriftMonitor:
         edges = length_edges([len(t) for t in texts], length_bins)
         counts = Counter(c for t in texts for c in t)
         vocabulary = [c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top_chars]]
-        return cls(edges, length_histogram(texts, edges), vocabulary, char_histogram(texts, vocabulary), float(threshold))
+        return cls(edges, length_histogram(texts, edges), vocabulary, char_histogram(texts, vocabulary),
+                   float(threshold))
 
     def check(self, texts: Sequence[str]) -> DriftReport:
         """PSI of a window of live texts against the reference."""

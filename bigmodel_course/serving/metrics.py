@@ -26,7 +26,8 @@ class ServiceMetrics:
                                        registry=self.registry)
         self.load_failures = Counter("bigmodel_model_load_failures", "Model versions that failed to load",
                                      ["model", "version"], registry=self.registry)
-        self.batch_requests = Histogram("bigmodel_micro_batch_requests", "Requests gathered into one micro-batch", buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
+        self.batch_requests = Histogram("bigmodel_micro_batch_requests", "Requests gathered into one micro-batch",
+                                        buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
         self.load_seconds = Gauge("bigmodel_model_load_seconds", "Seconds to verify and load a model version",
                                   ["model", "version"], registry=self.registry)
 

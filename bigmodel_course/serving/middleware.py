@@ -94,7 +94,8 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
         """Answer with an error and close the connection (the rest of the body is never read)."""
-        await JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close"})(scope, receive, send)
+        await JSONResponse({"detail": detail}, status_code=status,
+                           headers={"Connection": "close"})(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

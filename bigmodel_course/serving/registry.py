@@ -62,7 +62,8 @@ if TYPE_CHECKING:
 __all__ = ["ModelCard", "ModelNotFoundError", "ModelRegistry", "RegistryError", "check_name", "check_version"]
 
 CARD_FORMAT, CARD_FORMAT_VERSION = "bigmodel_course.ModelCard", 1
-WEIGHTS_FILE, CARD_FILE, POINTER_FILE, TOKENIZER_FILE = "model.safetensors", "card.json", "promoted.json", "tokenizer.json"
+WEIGHTS_FILE, CARD_FILE, POINTER_FILE, TOKENIZER_FILE = (
+    "model.safetensors", "card.json", "promoted.json", "tokenizer.json")
 LOCK_FILE = ".lock"
 RESERVED_FILES = (WEIGHTS_FILE, CARD_FILE)
 
@@ -326,7 +327,8 @@ class ModelRegistry:
             raise RegistryError(f"tokenizer.json is not a CharTokenizer file: {e}") from None
         vocab = config.get("vocab_size")
         if isinstance(vocab, int) and tokenizer.vocab_size > vocab:
-            raise RegistryError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {vocab}")
+            raise RegistryError(f"the tokenizer has {tokenizer.vocab_size} tokens "
+                                f"but the model's vocab_size is {vocab}")
 
     # ------------------------------------------------------------ loading
 
@@ -355,7 +357,8 @@ class ModelRegistry:
         card = self.verify(name, version)
         folder = self.root / name / version
         if ARCHITECTURE_TASKS.get(card.architecture) != card.task:
-            raise RegistryError(f"{folder / CARD_FILE}: architecture {card.architecture!r} does not serve task {card.task!r}")
+            raise RegistryError(f"{folder / CARD_FILE}: architecture {card.architecture!r} "
+                                f"does not serve task {card.task!r}")
         try:
             model = build_model(card.architecture, card.config)
             safetensors.torch.load_model(model, str(folder / WEIGHTS_FILE), strict=True, device=str(device))

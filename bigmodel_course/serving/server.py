@@ -96,7 +96,8 @@ def _wait_ready(proc: subprocess.Popen, port_file: Path, log: Path, host: str, t
     url = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the model server exited with code {proc.returncode} before it was ready:\n{_tail(log)}")
+            raise RuntimeError(f"the model server exited with code {proc.returncode} "
+                               f"before it was ready:\n{_tail(log)}")
         if url is None and port_file.is_file():
             url = base_url(host, int(port_file.read_text(encoding="utf-8")))
         if url is not None:
@@ -138,8 +139,8 @@ def background_server(
     A separate process (not a thread) keeps the server's work off the caller's interpreter lock, so a
     load test measures the server and not the client. port=0 lets the OS pick a free port; `threads`, the app
     limits (max_batch, max_text_chars, max_body_bytes) and micro-batching (micro_batch, micro_batch_wait_ms) are
-    passed on to `serve`; the admin key, if any, reaches the server through the environment (BIGMODEL_ADMIN_KEY). The server's
-    log is kept in a temporary file and quoted if the server fails to start.
+    passed on to `serve`; the admin key, if any, reaches the server through the environment (BIGMODEL_ADMIN_KEY).
+    The server's log is kept in a temporary file and quoted if the server fails to start.
     """
     root = registry.root if isinstance(registry, ModelRegistry) else ModelRegistry(registry).root
     if not isinstance(port, int) or not 0 <= port <= 65535:

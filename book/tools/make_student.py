@@ -308,7 +308,8 @@ def write_student_folder(out: Path, notebooks: list[Path]) -> list[tuple[Path, R
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every chapters/*.ipynb")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT.relative_to(nbtools.ROOT)}")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help=f"default: {DEFAULT_OUT.relative_to(nbtools.ROOT)}")
     args = parser.parse_args(argv)
     paths = [p.resolve() for p in args.notebooks] or nbtools.chapter_notebooks()
     missing = [p for p in paths if not p.exists()]

@@ -52,7 +52,8 @@ def title(nb: nbformat.NotebookNode) -> str:
 
 def code_hash(nb: nbformat.NotebookNode) -> str:
     """sha256 of the notebook's code cell sources, in order (outputs and metadata excluded)."""
-    sources = [c.source for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+    sources = [c.source for c in nb.cells
+               if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
     return hashlib.sha256(json.dumps(sources, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 

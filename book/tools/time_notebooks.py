@@ -107,7 +107,8 @@ def render(rows: list[dict], info: dict) -> str:
         "<!-- Written by `make timings` (book/tools/time_notebooks.py); do not edit by hand. -->",
         "",
         f"测量环境：{info['cpus']} 个 CPU 核心（PyTorch {info['torch']} 使用 {info['torch_threads']} 个线程），"
-        f"内存 {info['memory_gib']} GiB，Python {info['python']}，{info['processor']}，无 GPU；测量日期 {info['date']}。"
+        f"内存 {info['memory_gib']} GiB，Python {info['python']}，{info['processor']}，"
+        f"无 GPU；测量日期 {info['date']}。"
         "每个 notebook 在独立进程中按书中顺序运行，模型缓存开始时为空。",
         "",
         "| 笔记本 | 内容 | `ci` 用时（分钟） | `full` 用时（分钟） | `full` 内存峰值（MiB） |",
@@ -187,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{profile:4s} {path.name}: {r['seconds']:.1f} s, peak {r['peak_mib']:,} MiB, "
                   f"other work on the machine meanwhile {r['other_cpu_s']:.0f} CPU s", flush=True)
     info = machine()
-    (args.out / "timings.json").write_text(json.dumps({"machine": info, "notebooks": rows}, ensure_ascii=False, indent=1),
-                                           encoding="utf-8")
+    (args.out / "timings.json").write_text(json.dumps({"machine": info, "notebooks": rows}, ensure_ascii=False,
+                                                      indent=1), encoding="utf-8")
     write_table(args.table, render(rows, info))
     return 0
 
