@@ -108,4 +108,5 @@ def load_digits_classifier(profile: str | None = None, root: Path | None = None,
         return DigitsClassifier(model, meta, read_json(folder, HISTORY_FILE), folder)
 
     return load_or_train(digits_dir(profile, root), lambda: train_digits_classifier(profile, root, progress), read,
-                         what="trained digit classifier", train_if_missing=train_if_missing)
+                         what="trained digit classifier", train_if_missing=train_if_missing,
+                         stale=lambda folder: not (folder / HISTORY_FILE).is_file())  # written before histories

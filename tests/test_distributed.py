@@ -55,6 +55,7 @@ ARGS = ["train", "--task", "sentiment", "--profile", "ci", "--steps", "6", "--ba
         "--lr", "3e-3", "--threads", "1", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_two_processes_reach_the_weights_of_one_process(tmp_path, capsys):
     threads = torch.get_num_threads()
     try:  # one process, in this one
