@@ -155,6 +155,7 @@ def _bounded(convert: type, ok, expected: str, out_of_range: str):
 _positive_int = _bounded(int, lambda v: v > 0, "expected a positive integer", "expected a positive integer")
 _non_negative_int = _bounded(int, lambda v: v >= 0, "expected an integer ≥ 0", "expected an integer ≥ 0")
 _wait_ms = _bounded(float, lambda v: 0 <= v <= 1000, "expected milliseconds", "the wait must be in [0, 1000] ms")
+_seconds = _bounded(float, lambda v: 0 < v <= 86400, "expected seconds", "expected seconds in (0, 86400]")
 _port = _bounded(int, lambda v: 0 <= v <= 65535, "expected a port number", "port must be in 0..65535")  # 0: any free
 
 
@@ -165,7 +166,8 @@ def _serve(args: argparse.Namespace) -> int:
           port_file=args.port_file, threads=args.threads, max_batch=args.max_batch,
           max_text_chars=args.max_text_chars, max_body_bytes=args.max_body_bytes, micro_batch=args.micro_batch,
           micro_batch_wait_ms=args.micro_batch_wait_ms, micro_batch_workers=args.micro_batch_workers,
-          micro_batch_tokens=args.micro_batch_tokens)
+          micro_batch_tokens=args.micro_batch_tokens, header_timeout=args.header_timeout,
+          keep_alive_timeout=args.keep_alive_timeout, body_timeout=args.body_timeout)
     return 0
 
 
@@ -180,9 +182,11 @@ def _registry(args: argparse.Namespace) -> int:
         card = registry.rollback(args.name)
         print(f"rolled back {card.name} to {card.version} (sha256 {card.sha256[:12]})")
     else:
-        cards = registry.list()
-        if not cards:
+        cards, damaged = registry.scan()
+        if not cards and not damaged:
             print(f"no models in {registry.root}")
+        for entry in damaged:
+            print(f"damaged: {entry.name} {entry.version or ''}: {entry.problem}", file=sys.stderr)
         for card in cards:
             metrics = ", ".join(f"{k}={v:.4g}" for k, v in card.metrics.items()) or "-"
             mark = "*" if card.promoted else " "
@@ -273,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--micro-batch-tokens", type=_non_negative_int, default=1024,
                        help="cut a micro-batch into forward passes of similar text lengths, each at most this many "
                             "padded characters (0: one pass padded to the longest text; default 1024)")
+    serve.add_argument("--header-timeout", type=_seconds, default=10.0,
+                       help="seconds a connection has to send a complete request head (default 10)")
+    serve.add_argument("--keep-alive-timeout", type=_positive_int, default=5,
+                       help="seconds an idle kept-alive connection stays open (default 5)")
+    serve.add_argument("--body-timeout", type=_seconds, default=30.0,
+                       help="seconds a request body has to arrive completely, else 408 (default 30)")
     serve.add_argument("--port-file", default=None, help=argparse.SUPPRESS)  # background_server reads the port here
     serve.set_defaults(func=_serve)
     registry = commands.add_parser("registry", help="list, promote or roll back the models of the registry")

@@ -183,10 +183,15 @@ def _relative_files(folder: Path) -> list[str]:
                   if p.is_file() and p.name != MANIFEST_FILE)
 
 
-def write_manifest(folder: str | os.PathLike) -> dict:
-    """Record size and SHA-256 of every file below `folder` in folder/manifest.json; returns the entries."""
+def write_manifest(folder: str | os.PathLike, known: Mapping[str, Mapping] | None = None) -> dict:
+    """Record size and SHA-256 of every file below `folder` in folder/manifest.json; returns the entries.
+
+    known: entries the caller has just computed for files it wrote (reused instead of hashing them again).
+    """
     folder = Path(folder)
-    files = {name: file_entry(folder / name) for name in _relative_files(folder)}
+    known = dict(known or {})
+    files = {name: dict(known[name]) if name in known else file_entry(folder / name)
+             for name in _relative_files(folder)}
     atomic_write_json(folder / MANIFEST_FILE, {"files": files})
     return files
 

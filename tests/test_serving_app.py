@@ -1,6 +1,7 @@
 """The FastAPI service through its test client: every route, every bad input, parity with LoadedModel.predict."""
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -274,10 +275,12 @@ def test_a_tampered_model_is_refused_without_leaking_paths(tmp_path):
 
 
 def test_an_unreadable_registry_gives_503_on_models(tmp_path):
+    """The registry folder itself is gone (a damaged entry inside it is reported instead: test_serving_hardening)."""
     reg = ModelRegistry(tmp_path / "registry")
     publish_models(reg, tmp_path)
-    (reg.root / "digits" / "v1" / "card.json").write_text("{not json")
-    response = RecordingClient(create_app(reg)).get("/v1/models")
+    app_client = RecordingClient(create_app(reg))
+    shutil.rmtree(reg.root)
+    response = app_client.get("/v1/models")
     assert response.status_code == 503 and str(tmp_path) not in response.text
     assert response.json()["detail"] == "the model registry cannot be read; the details are in the server log"
 

@@ -1,6 +1,8 @@
 """A real uvicorn process on 127.0.0.1 (background_server) driven by httpx, and the bounded load test."""
 
 import socket
+import threading
+import time
 
 import httpx
 import numpy as np
@@ -134,3 +136,117 @@ def test_serve_checks_its_arguments_before_listening(tmp_path):
         serve(tmp_path, threads=0)
     with pytest.raises(ValueError, match="port must be an int in 0..65535"):
         serve(tmp_path, port=-1)
+
+
+# ------------------------------------------------------------ a server probed as an attacker would
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """True if the server closes the connection within `seconds` (what it sends before is ignored)."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+        return True
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+@pytest.fixture(scope="module")
+def strict_server(reg):
+    """A server with short connection timeouts (1 s for a request head, 1 s for a body)."""
+    with background_server(reg, header_timeout=1, body_timeout=1, keep_alive_timeout=1) as url:
+        yield url
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=5)
+
+
+def test_idle_and_slow_connections_are_closed(strict_server):
+    """Before: a connection that sent nothing, or its headers a byte at a time, stayed open (75 s in the probe)."""
+    with _connect(strict_server) as idle:
+        assert _closed_within(idle, 4)
+    with _connect(strict_server) as slow:
+        start = time.monotonic()
+        slow.settimeout(5)
+        try:
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 40:
+                slow.send(bytes([byte]))
+                time.sleep(0.1)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert _closed_within(slow, 4) and time.monotonic() - start < 4.5
+    with _connect(strict_server) as body:
+        body.sendall(b"POST /v1/text/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{")  # and then nothing
+        body.settimeout(5)
+        assert body.recv(4096).startswith(b"HTTP/1.1 408 ")
+
+
+def test_content_length_with_transfer_encoding_is_refused_over_http(strict_server):
+    with _connect(strict_server) as sock:
+        sock.sendall(b"POST /v1/text/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 400 ")
+
+
+def test_a_client_that_hangs_up_mid_body_is_counted_as_499(server):
+    before = metric_samples(server)
+    with _connect(server) as sock:
+        sock.sendall(b"POST /v1/text/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"model\"")
+    key = ("bigmodel_http_requests_total", (("method", "POST"), ("route", "/v1/text/classify"), ("status", "499")))
+    deadline = time.monotonic() + 5
+    while metric_samples(server).get(key, 0) == before.get(key, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = metric_samples(server)
+    assert after.get(key, 0) - before.get(key, 0) == 1
+    fail = ("bigmodel_http_requests_total", (("method", "POST"), ("route", "/v1/text/classify"), ("status", "500")))
+    assert after.get(fail, 0) == before.get(fail, 0)
+
+
+def test_a_key_sent_in_the_url_never_reaches_the_access_log(reg, tmp_path, monkeypatch):
+    key = "live-test-key-" + "q" * 24  # test-only key
+    monkeypatch.setenv("BIGMODEL_ADMIN_KEY", key)
+    log = tmp_path / "server.log"
+    with background_server(reg, access_log=True, log_level="info", log_file=log) as url:
+        response = httpx.post(f"{url}/v1/admin/models/tiny-text/rollback?api_key={key}")
+        httpx.get(f"{url}/healthz")
+    assert response.status_code == 400
+    text = log.read_text(encoding="utf-8")
+    assert "/v1/admin/models/tiny-text/rollback?[query removed]" in text and key not in text
+
+
+@pytest.mark.slow
+def test_healthz_stays_fast_while_worst_case_bodies_arrive(server):
+    """Four clients send 1 MB bodies of 500,000 invalid items; /healthz must not wait for them (before: 4.7 s)."""
+    body = '{"model":"tiny-text","texts":[' + ",".join(["1"] * 499_980) + "]}"
+    stop, refused = threading.Event(), []
+
+    def attack():
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                r = client.post(f"{server}/v1/text/classify", content=body,
+                                headers={"content-type": "application/json"})
+                refused.append((r.status_code, r.elapsed.total_seconds()))
+
+    threads = [threading.Thread(target=attack) for _ in range(4)]
+    for t in threads:
+        t.start()
+    waits = []
+    try:
+        with httpx.Client(timeout=30) as client:
+            for _ in range(30):
+                start = time.perf_counter()
+                assert client.get(f"{server}/healthz").status_code == 200
+                waits.append(time.perf_counter() - start)
+                time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert refused and {status for status, _ in refused} == {422}
+    assert max(waits) < 0.5, f"/healthz waited up to {max(waits):.2f} s"

@@ -68,7 +68,8 @@ def test_publish_numbers_versions_and_writes_a_card(reg, tokenizer_file):
     assert (first.version, second.version) == ("v1", "v2")
     assert [c.version for c in reg.versions("reviews")] == ["v1", "v2"]
     folder = reg.root / "reviews" / "v1"
-    assert sorted(p.name for p in folder.iterdir()) == ["card.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["card.json", "manifest.json", "model.safetensors",
+                                                        "tokenizer.json"]
     stored = json.loads((folder / "card.json").read_text(encoding="utf-8"))
     assert stored["sha256"] == sha256_file(folder / "model.safetensors") == first.sha256
     assert stored["weights_bytes"] == (folder / "model.safetensors").stat().st_size

@@ -3,8 +3,10 @@
 Every admin route needs the header `X-API-Key` equal to the key the server was started with (the
 environment variable BIGMODEL_ADMIN_KEY); without a key the routes answer 401, with a wrong one 403, and
 when the server has no key at all they are disabled (403). The key is compared in constant time and
-never logged or echoed. A version is promoted only after it loaded: a corrupt version is refused with
-409 and the promoted version stays what it was.
+never logged or echoed. The key is checked before the request body is read (an unauthenticated client
+cannot make the server buffer a model upload), and a request that carries anything in its URL's query string
+is refused: URLs are written to access logs, so a key sent there would leak. A version is promoted only
+after it loaded: a corrupt version is refused with 409 and the promoted version stays what it was.
 """
 
 from __future__ import annotations
@@ -12,23 +14,27 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, StrictStr
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .architectures import build_model
+from .architectures import build_model, parameter_count
 from .canary import clear_canary, get_canary, set_canary
-from .checks import ModelNotFoundError, RegistryError
+from .checks import InvalidNameError, ModelNotFoundError, RegistryError, check_name, check_version
 from .middleware import logger
 from .registry import TOKENIZER_FILE, ModelRegistry
-from .schemas import ErrorResponse, ModelInfo
+from .schemas import ErrorResponse, ModelInfo, StrictRequest
 
 ADMIN_KEY_ENV, ADMIN_HEADER, MIN_KEY_CHARS = "BIGMODEL_ADMIN_KEY", "X-API-Key", 16
 ADMIN_PREFIX = "/v1/admin"
+UPLOAD_ROUTE = ADMIN_PREFIX + "/models/{name}/versions"  # the one route whose bodies (model files) may be large
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 503)}
 _PUBLISH_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["metadata", "weights"],
@@ -40,18 +46,16 @@ _PUBLISH_BODY = {"requestBody": {"required": True, "content": {"multipart/form-d
 _METADATA_KEYS = {"task", "architecture", "config", "labels", "metrics", "preprocessing", "description"}
 
 
-class PromoteRequest(BaseModel):
+class PromoteRequest(StrictRequest):
     """POST /v1/admin/models/{name}/promote."""
 
-    model_config = ConfigDict(extra="forbid")
-    version: str = Field(description="the version to promote, e.g. 'v2'", examples=["v2"])
+    version: StrictStr = Field(description="the version to promote, e.g. 'v2'", examples=["v2"])
 
 
-class CanaryRequest(BaseModel):
+class CanaryRequest(StrictRequest):
     """PUT /v1/admin/models/{name}/canary."""
 
-    model_config = ConfigDict(extra="forbid")
-    version: str = Field(description="the candidate version", examples=["v2"])
+    version: StrictStr = Field(description="the candidate version", examples=["v2"])
     fraction: float = Field(gt=0, lt=1, description="share of requests the candidate answers, in (0, 1)",
                             examples=[0.1])
 
@@ -65,33 +69,75 @@ class CanaryInfo(BaseModel):
 
 
 def admin_key_from_env() -> str | None:
-    """The admin key from BIGMODEL_ADMIN_KEY (None when unset or empty); ValueError if it is too short."""
+    """The admin key from BIGMODEL_ADMIN_KEY (None when unset or empty); ValueError if it cannot serve as a key."""
     key = os.environ.get(ADMIN_KEY_ENV) or None
-    check_admin_key(key)
+    check_admin_key(key, ADMIN_KEY_ENV)
     return key
 
 
-def check_admin_key(key: str | None) -> None:
-    """None (admin routes disabled) or a key of at least MIN_KEY_CHARS characters; the error never shows the key."""
-    if key is not None and (not isinstance(key, str) or len(key) < MIN_KEY_CHARS):
-        raise ValueError(f"the admin key must be a string of at least {MIN_KEY_CHARS} characters "
+def check_admin_key(key: str | None, what: str = "the admin key") -> None:
+    """None (admin routes disabled) or a key of at least MIN_KEY_CHARS printable ASCII characters without spaces
+    (what an HTTP header carries unchanged: a key with spaces at its ends or non-ASCII letters could never match);
+    the error never shows the key."""
+    if key is not None and (not isinstance(key, str) or re.fullmatch(r"[\x21-\x7e]{%d,}" % MIN_KEY_CHARS, key) is None):
+        raise ValueError(f"{what} must be at least {MIN_KEY_CHARS} printable ASCII characters without spaces "
                          f"(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
 
 
+def _key_problem(expected: str | None, headers: Headers, query_string: bytes) -> tuple[int, str] | None:
+    """(status, message) when an admin request must be refused, None when its key is right."""
+    if query_string:
+        return 400, (f"admin routes take no query parameters; send the key in the {ADMIN_HEADER} header "
+                     "(URLs are written to logs)")
+    if expected is None:
+        return 403, f"admin routes are disabled: the server was started without {ADMIN_KEY_ENV}"
+    given = headers.get(ADMIN_HEADER)
+    if not given:
+        return 401, f"missing {ADMIN_HEADER} header"
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode()):
+        return 403, f"invalid {ADMIN_HEADER}"
+    return None
+
+
+class AdminGate:
+    """ASGI middleware: check the admin key of /v1/admin requests before their body is read."""
+
+    def __init__(self, app: ASGIApp, admin_key: str | None) -> None:
+        self.app, self.admin_key = app, admin_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (scope["path"] + "/").startswith(ADMIN_PREFIX + "/"):
+            problem = _key_problem(self.admin_key, Headers(scope=scope), scope.get("query_string", b""))
+            if problem is not None:
+                status, message = problem
+                headers = {"WWW-Authenticate": ADMIN_HEADER} if status == 401 else {}
+                await JSONResponse({"detail": message}, status_code=status, headers=headers)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _require_key(expected: str | None):
-    """A FastAPI dependency that lets a request through only with the right X-API-Key header."""
-    expected_bytes = expected.encode() if expected is not None else None
+    """A FastAPI dependency that lets a request through only with the right X-API-Key header (AdminGate checks
+    the same before the body is read; this keeps the routes safe when mounted without it)."""
 
     def require(request: Request) -> None:
-        if expected_bytes is None:
-            raise HTTPException(403, f"admin routes are disabled: the server was started without {ADMIN_KEY_ENV}")
-        given = request.headers.get(ADMIN_HEADER)
-        if not given:
-            raise HTTPException(401, f"missing {ADMIN_HEADER} header", headers={"WWW-Authenticate": ADMIN_HEADER})
-        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected_bytes):
-            raise HTTPException(403, f"invalid {ADMIN_HEADER}")
+        problem = _key_problem(expected, request.headers, request.scope.get("query_string", b""))
+        if problem is not None:
+            status, message = problem
+            headers = {"WWW-Authenticate": ADMIN_HEADER} if status == 401 else None
+            raise HTTPException(status, message, headers=headers)
 
     return require
+
+
+def _check_names(name: str, version: str | None = None) -> None:
+    """422 for a malformed model name or version (before the registry is touched)."""
+    try:
+        check_name(name)
+        if version is not None:
+            check_version(version)
+    except InvalidNameError as e:
+        raise HTTPException(422, str(e)) from None
 
 
 def _preload(cache, name: str, version: str) -> None:
@@ -107,15 +153,31 @@ def _preload(cache, name: str, version: str) -> None:
 
 
 def _registry_errors(e: RegistryError) -> HTTPException:
-    """404 for unknown models and versions, 409 for everything the registry refused."""
-    return HTTPException(404 if isinstance(e, ModelNotFoundError) else 409, str(e).split("\n")[0][:280])
+    """404 for unknown models and versions, 422 for malformed names, 409 for everything else the registry refused."""
+    status = 404 if isinstance(e, ModelNotFoundError) else 422 if isinstance(e, InvalidNameError) else 409
+    return HTTPException(status, str(e).split("\n")[0][:280])
+
+
+def _check_size(metadata: dict, max_upload_bytes: int | None) -> None:
+    """422 before building the model when its config describes more parameters than an upload can carry
+    (2 bytes each, the smallest floating-point type the weights can arrive in)."""
+    try:
+        n = parameter_count(metadata["architecture"], metadata["config"])
+    except Exception as e:  # unknown architecture or a config that does not build
+        raise HTTPException(422, f"the config does not build {str(metadata['architecture'])[:40]!r}: "
+                                 f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
+    if max_upload_bytes is not None and 2 * n > max_upload_bytes:
+        raise HTTPException(422, f"the config describes a model of {n:,} parameters; an upload of at most "
+                                 f"{max_upload_bytes:,} bytes holds at most {max_upload_bytes // 2:,} (2 bytes each)")
 
 
 def _publish_from_files(registry: ModelRegistry, name: str, metadata: dict, weights: bytes,
-                        tokenizer: bytes | None) -> dict:
-    """Rebuild the model from its architecture and config, load the uploaded safetensors strictly, publish."""
+                        tokenizer: bytes | None, max_upload_bytes: int | None = None) -> dict:
+    """Check the config's size, rebuild the model from its architecture and config, load the uploaded
+    safetensors strictly, publish."""
     import safetensors.torch
 
+    _check_size(metadata, max_upload_bytes)
     with tempfile.TemporaryDirectory(prefix="bigmodel-publish-") as tmp:
         weights_path = Path(tmp) / "model.safetensors"
         weights_path.write_bytes(weights)
@@ -140,8 +202,10 @@ def _publish_from_files(registry: ModelRegistry, name: str, metadata: dict, weig
     return card.summary()
 
 
-def admin_router(registry: ModelRegistry, cache, admin_key: str | None) -> APIRouter:
-    """The admin routes over `registry`; `cache` (the app's ModelCache) loads a version before it is promoted."""
+def admin_router(registry: ModelRegistry, cache, admin_key: str | None,
+                 max_upload_bytes: int | None = None) -> APIRouter:
+    """The admin routes over `registry`; `cache` (the app's ModelCache) loads a version before it is promoted;
+    an uploaded config may describe at most max_upload_bytes / 2 parameters."""
     check_admin_key(admin_key)
     router = APIRouter(prefix=ADMIN_PREFIX, tags=["admin"], dependencies=[Depends(_require_key(admin_key))],
                        responses=_ERRORS)
@@ -149,6 +213,7 @@ def admin_router(registry: ModelRegistry, cache, admin_key: str | None) -> APIRo
     @router.post("/models/{name}/versions", status_code=201, response_model=ModelInfo, openapi_extra=_PUBLISH_BODY)
     async def publish(name: str, request: Request) -> dict:
         """Publish a new version (not promoted) from uploaded safetensors weights, metadata and tokenizer."""
+        _check_names(name)
         try:
             form = await request.form(max_files=2, max_fields=2)
         except Exception as e:  # python-multipart and starlette raise several types for broken bodies
@@ -175,11 +240,13 @@ def admin_router(registry: ModelRegistry, cache, admin_key: str | None) -> APIRo
             tokenizer_bytes = await tokenizer.read() if tokenizer is not None else None
         finally:
             await form.close()
-        return await run_in_threadpool(_publish_from_files, registry, name, metadata, weight_bytes, tokenizer_bytes)
+        return await run_in_threadpool(_publish_from_files, registry, name, metadata, weight_bytes, tokenizer_bytes,
+                                       max_upload_bytes)
 
     @router.post("/models/{name}/promote", response_model=ModelInfo)
     def promote(name: str, body: PromoteRequest) -> dict:
         """Load and check `version`, then promote it; a version that does not load is refused (409)."""
+        _check_names(name, body.version)
         try:
             _preload(cache, name, body.version)
             card = registry.promote(name, body.version)
@@ -194,6 +261,7 @@ def admin_router(registry: ModelRegistry, cache, admin_key: str | None) -> APIRo
     @router.post("/models/{name}/rollback", response_model=ModelInfo)
     def rollback(name: str) -> dict:
         """Promote again the version that was promoted before the current one."""
+        _check_names(name)
         try:
             card = registry.rollback(name)
         except RegistryError as e:
@@ -204,6 +272,7 @@ def admin_router(registry: ModelRegistry, cache, admin_key: str | None) -> APIRo
     @router.put("/models/{name}/canary", response_model=CanaryInfo)
     def start_canary(name: str, body: CanaryRequest) -> dict:
         """Send a fraction of the requests for `name` to a candidate version (loaded and checked first)."""
+        _check_names(name, body.version)
         try:
             _preload(cache, name, body.version)
             canary = set_canary(registry, name, body.version, body.fraction)
@@ -214,6 +283,7 @@ def admin_router(registry: ModelRegistry, cache, admin_key: str | None) -> APIRo
     @router.delete("/models/{name}/canary", response_model=CanaryInfo)
     def end_canary(name: str) -> dict:
         """End the canary: every request goes to the promoted version again."""
+        _check_names(name)
         try:
             clear_canary(registry, name)
         except RegistryError as e:

@@ -6,10 +6,15 @@ pointer file (and canary file), so after `promote` or `rollback` the next reques
 version; no restart is needed. A version that does not load never replaces the one being served.
 Options: micro-batching of concurrent text requests (batching.py), admin routes behind an API key from
 the environment (admin.py), canary releases (canary.py).
+
+No request can stall the others: bodies are read whole (with a size limit and a timeout) by the middleware,
+parsed and validated in bounded time (schemas.py) in the thread pool, and models load under a lock of their
+own, so a large model being verified never holds up requests for a model already loaded.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -20,14 +25,15 @@ from functools import partial
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .admin import ADMIN_PREFIX, admin_key_from_env, admin_router
+from .admin import UPLOAD_ROUTE, AdminGate, admin_key_from_env, admin_router
 from .batching import MicroBatcher, length_buckets
-from .canary import get_canary
+from .canary import damaged_canaries, get_canary
+from .checks import InvalidNameError
 from .loaded import LoadedModel
 from .metrics import ServiceMetrics
 from .middleware import BodyLimitMiddleware, CatchAllMiddleware, MetricsMiddleware, logger
@@ -37,28 +43,48 @@ from .schemas import (
     ClassifyResponse,
     ErrorResponse,
     Health,
-    ImageRequest,
     ModelsResponse,
-    TextRequest,
+    request_models,
     validation_message,
 )
 
 ROUTES = ("/v1/text/classify", "/v1/image/classify", "/v1/models", "/healthz", "/metrics")
 ADMIN_ROUTES = tuple(f"/v1/admin/models/{{name}}/{action}" for action in ("versions", "promote", "rollback", "canary"))
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 500, 503)}
-_IMAGE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": ImageRequest.model_json_schema()},
-            "multipart/form-data": {"schema": {
-                "type": "object", "required": ["model", "files"],
-                "properties": {"model": {"type": "string"},
-                               "files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-            }},
-        },
-    }
-}
+_UPLOADS = {"schema": {
+    "type": "object", "required": ["model", "files"],
+    "properties": {"model": {"type": "string"},
+                   "files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+}}
+
+
+def _json_body(model: type[BaseModel], **more: dict) -> dict:
+    """openapi_extra documenting a route's JSON body (the route parses the body itself, in bounded time)."""
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": model.model_json_schema()}, **more}}}
+
+
+def parse_body(model: type[BaseModel], raw: bytes):
+    """The request body validated by `model`; HTTPException 400 (malformed JSON) or 422 naming the first problem."""
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise HTTPException(400, f"malformed JSON: {e.msg} at position {e.pos}") from None
+    except (ValueError, RecursionError) as e:  # undecodable bytes, a 5,000-digit number, nesting too deep
+        raise HTTPException(400, f"malformed JSON: {str(e)[:100] or type(e).__name__}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        status, message = validation_message(e.errors(include_url=False, include_input=False))
+        raise HTTPException(status, message) from None
+
+
+def _json_content_type(request: Request) -> str | None:
+    """The media type if the request is not JSON (None when it is, or when it names no type)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not content_type or content_type == "application/json" or content_type.endswith("+json"):
+        return None
+    return content_type
 
 
 def _a(task: str) -> str:
@@ -71,7 +97,9 @@ class ModelCache:
 
     A version that fails to load (corrupt or tampered files) is remembered as failed and not retried on
     every request; while it is promoted, the service keeps answering with the last version of that model
-    that did load (the answer names its version) and logs the failure.
+    that did load (the answer names its version) and logs the failure. A damaged canary file is logged once
+    and ignored: its model keeps answering with the promoted version. Each version loads under its own
+    lock, so verifying a large model never holds up requests for the models already loaded.
     """
 
     def __init__(self, registry: ModelRegistry, metrics: ServiceMetrics, seed: int | None = None) -> None:
@@ -79,40 +107,75 @@ class ModelCache:
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self._last_good: dict[str, LoadedModel] = {}
         self._failed: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
+        self._loading: dict[tuple[str, str], threading.Lock] = {}
+        self._lock = threading.Lock()  # guards the dicts above; never held while a model loads
+        self._reported: set[tuple[str, str]] = set()
         self._random = random.Random(seed)
 
     def loaded(self) -> list[str]:
         """'name:version' of every cached model."""
-        return sorted(f"{name}:{version}" for name, version in self._models)
+        with self._lock:
+            return sorted(f"{name}:{version}" for name, version in self._models)
+
+    def report_once(self, what: str, problem: str) -> None:
+        """Log a damaged registry entry the first time it is seen (requests would otherwise repeat it)."""
+        with self._lock:
+            if (what, problem) in self._reported:
+                return
+            self._reported.add((what, problem))
+        logger.error("%s: %s", what, problem)
 
     def _load(self, name: str, version: str) -> LoadedModel:
-        """The cached or freshly loaded version (call with the lock held); RegistryError when it does not load."""
-        model = self._models.get((name, version))
-        if model is None:
-            model = self.registry.load(name, version)
-            self._models[(name, version)] = model
+        """The cached or freshly loaded version; RegistryError when it does not load (counted unless it does
+        not exist, so the metric's labels are versions the registry really has)."""
+        key = (name, version)
+        with self._lock:
+            model = self._models.get(key)
+            if model is not None:
+                return model
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:  # one load per version at a time; other versions and models go on
+            with self._lock:
+                model = self._models.get(key)
+            if model is not None:
+                return model
+            try:
+                model = self.registry.load(name, version)
+            except RegistryError as e:
+                with self._lock:
+                    self._loading.pop(key, None)
+                    if not isinstance(e, (ModelNotFoundError, InvalidNameError)):
+                        self._failed.add(key)
+                if not isinstance(e, (ModelNotFoundError, InvalidNameError)):
+                    self.metrics.load_failures.labels(name, version).inc()
+                raise
+            except BaseException:
+                with self._lock:
+                    self._loading.pop(key, None)
+                raise
+            with self._lock:
+                self._models[key] = model
+                self._loading.pop(key, None)
             self.metrics.load_seconds.labels(name, version).set(model.load_seconds)
-        return model
+            return model
 
     def preload(self, name: str, version: str) -> LoadedModel:
         """Load (and verify) a version before it takes traffic; RegistryError naming the problem if it does not load."""
+        check_name(name)
         with self._lock:
             self._failed.discard((name, version))
-            try:
-                return self._load(name, version)
-            except RegistryError:
-                self._failed.add((name, version))
-                self.metrics.load_failures.labels(name, version).inc()
-                raise
+        return self._load(name, version)
 
-    def _choose(self, name: str) -> tuple[str, str | None]:
-        """(promoted version, canary version or None) for one request."""
-        promoted = self.registry.promoted_version(name)
-        canary = get_canary(self.registry, name)
+    def _canary(self, name: str, promoted: str) -> str | None:
+        """The canary version that answers this request, or None (also when the canary file is damaged)."""
+        try:
+            canary = get_canary(self.registry, name)
+        except RegistryError as e:
+            self.report_once(f"model {name!r} canary ignored", str(e))
+            return None
         if canary is not None and canary.version != promoted and self._random.random() < canary.fraction:
-            return promoted, canary.version
-        return promoted, None
+            return canary.version
+        return None
 
     def get(self, name: str, task: str) -> LoadedModel:
         """The version of `name` that answers this request; HTTPException 404/400/422/503 naming the problem."""
@@ -121,24 +184,24 @@ class ModelCache:
         except RegistryError as e:
             raise HTTPException(422, str(e)) from None
         try:
-            promoted, canary = self._choose(name)
+            promoted = self.registry.promoted_version(name)
         except ModelNotFoundError as e:
             raise HTTPException(404, str(e)) from None
         except RegistryError as e:
-            logger.error("cannot read the registry entry of model %r: %s", name, e)  # paths stay in the server log
+            self.report_once(f"cannot read the registry entry of model {name!r}", str(e))  # paths stay in the log
             raise HTTPException(503, f"model {name!r} cannot be loaded; the details are in the server log") from None
-        with self._lock:
-            model = None
-            for version in ([canary] if canary else []) + [promoted]:
+        canary = self._canary(name, promoted)
+        model = None
+        for version in ([canary] if canary else []) + [promoted]:
+            with self._lock:
                 if (name, version) in self._failed:
                     continue
-                try:
-                    model = self._load(name, version)
-                    break
-                except RegistryError as e:
-                    self._failed.add((name, version))
-                    self.metrics.load_failures.labels(name, version).inc()
-                    logger.error("model %r version %s does not load: %s", name, version, e)
+            try:
+                model = self._load(name, version)
+                break
+            except RegistryError as e:
+                logger.error("model %r version %s does not load: %s", name, version, e)
+        with self._lock:
             if model is not None and model.card.version == promoted:
                 self._last_good[name] = model
                 for key in [k for k in self._models if k[0] == name and k[1] not in (promoted, canary)]:
@@ -174,6 +237,7 @@ def create_app(
     admin_key: str | None = None,
     admin_max_body_bytes: int = 64_000_000,
     canary_seed: int | None = None,
+    body_timeout: float = 30.0,
 ) -> FastAPI:
     """The service over `registry` (a ModelRegistry, a registry folder, or None for the default registry).
 
@@ -181,7 +245,8 @@ def create_app(
     `micro_batch_workers` batches run at a time, each cut into forward passes of similar text lengths of at most
     `micro_batch_tokens` padded characters (0: one forward pass per batch, padded to its longest text). admin_key
     (None: read BIGMODEL_ADMIN_KEY; unset: admin routes disabled) protects the /v1/admin routes, whose bodies
-    (model uploads) may be up to admin_max_body_bytes.
+    (model uploads) may be up to admin_max_body_bytes. A request body that has not arrived completely within
+    body_timeout seconds is refused with 408.
     """
     from .. import __version__
 
@@ -192,6 +257,9 @@ def create_app(
         raise ValueError(f"micro_batch must be an int ≥ 0 (0: off), got {micro_batch!r}")
     if isinstance(micro_batch_tokens, bool) or not isinstance(micro_batch_tokens, int) or micro_batch_tokens < 0:
         raise ValueError(f"micro_batch_tokens must be an int ≥ 0 (0: no length buckets), got {micro_batch_tokens!r}")
+    if isinstance(body_timeout, bool) or not isinstance(body_timeout, (int, float)) or not 0 < body_timeout < 1e6:
+        raise ValueError(f"body_timeout must be a positive number of seconds, got {body_timeout!r}")
+    text_request, image_request = request_models(max_batch)
     if admin_key is None:
         admin_key = admin_key_from_env()
     if not isinstance(registry, ModelRegistry):
@@ -217,7 +285,8 @@ def create_app(
                   description="Text and digit classification with the promoted models of a model registry.")
     app.state.registry, app.state.metrics, app.state.models = registry, metrics, cache
     app.state.limits = {"max_batch": max_batch, "max_text_chars": max_text_chars, "max_body_bytes": max_body_bytes,
-                        "micro_batch": micro_batch, "admin_max_body_bytes": admin_max_body_bytes}
+                        "micro_batch": micro_batch, "admin_max_body_bytes": admin_max_body_bytes,
+                        "body_timeout": body_timeout}
     app.state.admin_enabled = admin_key is not None
 
     @app.exception_handler(RequestValidationError)
@@ -245,37 +314,35 @@ def create_app(
             raise HTTPException(422, str(e)) from None
         return answer(model, predictions, time.perf_counter() - start)
 
-    @app.post("/v1/text/classify", response_model=ClassifyResponse, responses=_ERRORS)
-    async def classify_text(body: TextRequest) -> dict:
-        """Classify a batch of texts with the promoted version of a text model."""
+    def text_request_model(raw: bytes) -> tuple[LoadedModel, list[str]]:
+        """Parse and check a text request, then find its model (runs in the thread pool)."""
+        body = parse_body(text_request, raw)
         try:
             texts = check_texts(body.texts, max_items=max_batch, max_chars=max_text_chars)
         except InputError as e:
             raise HTTPException(422, str(e)) from None
+        return cache.get(body.model, "text"), texts
 
+    @app.post("/v1/text/classify", response_model=ClassifyResponse, responses=_ERRORS,
+              openapi_extra=_json_body(text_request))
+    async def classify_text(request: Request) -> dict:
+        """Classify a batch of texts with the promoted version of a text model."""
+        content_type = _json_content_type(request)
+        if content_type is not None:
+            raise HTTPException(415, f"unsupported Content-Type {content_type[:60]!r}; send application/json")
+        raw = await request.body()
         if batcher is None:
             def run() -> dict:
-                return classify(cache.get(body.model, "text"), texts)
+                return classify(*text_request_model(raw))
 
             return await run_in_threadpool(run)
-        model = await run_in_threadpool(cache.get, body.model, "text")
+        model, texts = await run_in_threadpool(text_request_model, raw)
         start = time.perf_counter()
         try:
             predictions = await batcher.submit(model, texts)
         except InputError as e:
             raise HTTPException(422, str(e)) from None
         return answer(model, predictions, time.perf_counter() - start)
-
-    async def _image_json(request: Request) -> tuple[str, list]:
-        """Model name and images of a JSON image request."""
-        try:
-            body = ImageRequest.model_validate_json(await request.body())
-        except ValidationError as e:
-            status, message = validation_message(e.errors(include_url=False))
-            raise HTTPException(status, message) from None
-        if len(body.images) > max_batch:
-            raise HTTPException(422, f"too many images: {len(body.images)}; at most {max_batch} per request")
-        return body.model, body.images
 
     async def _image_form(request: Request) -> tuple[str, list[tuple[str, bytes]]]:
         """Model name and (name, bytes) of every uploaded file of a multipart image request."""
@@ -303,7 +370,8 @@ def create_app(
         finally:
             await form.close()
 
-    @app.post("/v1/image/classify", response_model=ClassifyResponse, responses=_ERRORS, openapi_extra=_IMAGE_BODY)
+    @app.post("/v1/image/classify", response_model=ClassifyResponse, responses=_ERRORS,
+              openapi_extra=_json_body(image_request, **{"multipart/form-data": _UPLOADS}))
     async def classify_image(request: Request) -> dict:
         """Classify 8×8 digit images (JSON arrays, or PNG uploads in the multipart field `files`)."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -320,29 +388,37 @@ def create_app(
                     raise HTTPException(422, str(e)) from None
                 return classify(model, images)
         elif content_type == "application/json" or content_type.endswith("+json"):
-            name, images = await _image_json(request)
+            raw = await request.body()
 
             def run() -> dict:
-                model = cache.get(name, "image")
+                body = parse_body(image_request, raw)
+                model = cache.get(body.model, "image")
                 prep = model.card.preprocessing
                 try:
-                    checked = check_images(images, int(prep["image_size"]), float(prep["max_value"]), max_batch)
+                    checked = check_images(body.images, int(prep["image_size"]), float(prep["max_value"]),
+                                           max_batch)
                 except InputError as e:
                     raise HTTPException(422, str(e)) from None
                 return classify(model, checked)
         else:
-            raise HTTPException(415, f"unsupported Content-Type {content_type or 'none'!r}; send application/json "
-                                     "or multipart/form-data")
+            raise HTTPException(415, f"unsupported Content-Type {content_type[:60] or 'none'!r}; send "
+                                     "application/json or multipart/form-data")
         return await run_in_threadpool(run)
 
     @app.get("/v1/models", response_model=ModelsResponse, responses=_ERRORS)
     def list_models() -> dict:
-        """Every version of every registered model: name, version, sha256 of the weights, metrics, created, promoted."""
+        """Every readable version of every registered model (name, version, sha256 of the weights, metrics, created,
+        promoted), and the damaged entries, each named with its problem and skipped."""
         try:
-            return {"models": [card.summary() for card in registry.list()]}
-        except RegistryError as e:
+            cards, damaged = registry.scan()
+            damaged += damaged_canaries(registry)
+        except OSError as e:
             logger.error("cannot list the registry: %s", e)  # paths stay in the server log
             raise HTTPException(503, "the model registry cannot be read; the details are in the server log") from None
+        for entry in damaged:
+            cache.report_once(f"damaged registry entry {entry.name} {entry.version or ''}".rstrip(), entry.problem)
+        return {"models": [card.summary() for card in cards],
+                "damaged": [{"name": d.name, "version": d.version, "problem": d.problem} for d in damaged]}
 
     @app.get("/healthz", response_model=Health)
     def healthz() -> dict:
@@ -354,9 +430,10 @@ def create_app(
         """Prometheus text format: requests, latency, items classified, model load time."""
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    app.include_router(admin_router(registry, cache, admin_key))
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes,
-                       prefix_limits={ADMIN_PREFIX + "/": admin_max_body_bytes})
+    app.include_router(admin_router(registry, cache, admin_key, max_upload_bytes=admin_max_body_bytes))
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes, route_limits={UPLOAD_ROUTE: admin_max_body_bytes},
+                       timeout=body_timeout)
+    app.add_middleware(AdminGate, admin_key=admin_key)
     app.add_middleware(CatchAllMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=ROUTES + ADMIN_ROUTES)
     return app

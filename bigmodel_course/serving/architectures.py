@@ -72,3 +72,23 @@ def build_model(architecture: str, config: dict) -> nn.Module:
     except TypeError as e:  # e.g. a config key with the wrong type
         raise ValueError(f"config does not fit architecture {architecture!r}: {e}") from None
 
+
+
+def parameter_count(architecture: str, config: dict) -> int:
+    """Parameters of the model `architecture` builds from `config`, counted without allocating its weights: built
+    on PyTorch's meta device, and a deep model extrapolated from its one- and two-layer versions."""
+    import torch
+
+    check_architecture(architecture)
+    if not isinstance(config, dict):
+        raise ValueError(f"config must be a dict, got {type(config).__name__}")
+
+    def count(cfg: dict) -> int:
+        with torch.device("meta"):
+            return sum(p.numel() for p in build_model(architecture, cfg).parameters())
+
+    layers = config.get("n_layers")
+    if isinstance(layers, int) and not isinstance(layers, bool) and layers > 2:
+        one, two = count({**config, "n_layers": 1}), count({**config, "n_layers": 2})
+        return one + (layers - 1) * (two - one)
+    return count(config)

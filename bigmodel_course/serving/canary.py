@@ -13,8 +13,8 @@ import json
 import math
 from dataclasses import dataclass
 
-from .checks import RegistryError
-from .registry import ModelRegistry
+from .checks import RegistryError, is_version
+from .registry import DamagedEntry, ModelRegistry
 from ..files import atomic_write_json
 
 CANARY_FILE = "canary.json"
@@ -68,6 +68,20 @@ def get_canary(registry: ModelRegistry, name: str) -> Canary | None:
         return None
     except (OSError, json.JSONDecodeError) as e:
         raise RegistryError(f"{path} is unreadable: {e}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("version"), str):
+    if not isinstance(data, dict) or not is_version(data.get("version")):
         raise RegistryError(f"{path} is not a canary file")
-    return Canary(data["version"], _check_fraction(data.get("fraction")))
+    try:
+        return Canary(data["version"], _check_fraction(data.get("fraction")))
+    except RegistryError as e:
+        raise RegistryError(f"{path}: {e}") from None
+
+
+def damaged_canaries(registry: ModelRegistry) -> list[DamagedEntry]:
+    """The canary files that cannot be read (the service ignores them and serves the promoted version)."""
+    damaged = []
+    for name in registry.names():
+        try:
+            get_canary(registry, name)
+        except RegistryError as e:
+            damaged.append(DamagedEntry(name, None, registry.relative(e) + "; requests go to the promoted version"))
+    return damaged

@@ -14,8 +14,9 @@ from torch import nn
 
 from .architectures import build_model
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_VERSION = re.compile(r"^v([1-9][0-9]{0,8})$")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # used with fullmatch: "$" would also match before a final "\n"
+_VERSION = re.compile(r"v([1-9][0-9]{0,8})")
+SHOWN_CHARS = 40
 
 
 class RegistryError(ValueError):
@@ -26,28 +27,38 @@ class ModelNotFoundError(RegistryError):
     """The model name, the version or a promoted version does not exist."""
 
 
+class InvalidNameError(RegistryError):
+    """A model name or version that is not well-formed (the service answers 422)."""
+
+
 def is_name(text: str) -> bool:
     """True for a valid model name."""
-    return isinstance(text, str) and _NAME.match(text) is not None
+    return isinstance(text, str) and _NAME.fullmatch(text) is not None
 
 
 def is_version(text: str) -> bool:
     """True for 'v1', 'v2', …"""
-    return isinstance(text, str) and _VERSION.match(text) is not None
+    return isinstance(text, str) and _VERSION.fullmatch(text) is not None
+
+
+def shown(value, limit: int = SHOWN_CHARS) -> str:
+    """repr() of a client-supplied value cut to `limit` characters, for messages and logs."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def check_name(name: str) -> str:
-    """Return `name` if it is a valid model name (lower-case letters, digits, '-', '_'; ≤ 64), else RegistryError."""
+    """Return `name` if it is a valid model name (lower-case letters, digits, '-', '_'; ≤ 64), else InvalidNameError."""
     if not is_name(name):
-        raise RegistryError(f"invalid model name {name!r}: use 1-64 lower-case letters, digits, '-' or '_', "
-                            "starting with a letter or digit")
+        raise InvalidNameError(f"invalid model name {shown(name)}: use 1-64 lower-case letters, digits, '-' or '_', "
+                               "starting with a letter or digit")
     return name
 
 
 def check_version(version: str) -> str:
-    """Return `version` if it looks like 'v1', 'v2', …, else RegistryError."""
+    """Return `version` if it looks like 'v1', 'v2', …, else InvalidNameError."""
     if not is_version(version):
-        raise RegistryError(f"invalid version {version!r}: versions are 'v1', 'v2', …")
+        raise InvalidNameError(f"invalid version {shown(version)}: versions are 'v1', 'v2', …")
     return version
 
 

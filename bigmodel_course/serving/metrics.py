@@ -5,11 +5,23 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER = "other"  # the label value of every method (and route) outside the fixed set
+CLIENT_CLOSED = 499  # the status counted for a client that went away before its answer (nginx's convention)
+
+
+def method_label(method: str) -> str:
+    """The method's label value: one of METHODS, else 'other' (clients choose method names freely)."""
+    return method if method in METHODS else OTHER
 
 
 class ServiceMetrics:
     """Requests by route/method/status, latency by route; items, predict time, load time and load failures by
-    model/version; requests per micro-batch."""
+    model/version; requests per micro-batch.
+
+    Every label takes its values from a bounded set: routes from the app's route list ('other' for the rest),
+    methods from METHODS ('other'), status codes, and model/version pairs that exist in the registry.
+    """
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -33,7 +45,7 @@ class ServiceMetrics:
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and record its latency."""
-        self.requests.labels(route, method, str(status)).inc()
+        self.requests.labels(route, method_label(method), str(int(status))).inc()
         self.latency.labels(route).observe(seconds)
 
     def render(self) -> bytes:

@@ -55,15 +55,23 @@ def _size(shape: Sequence[int]) -> str:
     return "×".join(str(int(n)) for n in shape)
 
 
+def _number(x: float) -> str:
+    """A float written exactly enough to see why it is out of range: 16.0000001, not 16."""
+    text = repr(float(x))
+    return text[:-2] if text.endswith(".0") else text
+
+
 def _one_image(image, name: str, image_size: int) -> np.ndarray:
-    """One image as a float64 (S, S) array, or InputError naming its size."""
+    """One image as a float64 (S, S) array of numbers (not strings or booleans), or InputError naming its size."""
     try:
-        array = np.asarray(image.detach().cpu() if isinstance(image, Tensor) else image, dtype=np.float64)
+        array = np.asarray(image.detach().cpu() if isinstance(image, Tensor) else image)
     except (ValueError, TypeError):
         raise InputError(f"{name} is not an {image_size}×{image_size} grid of numbers") from None
     if array.shape != (image_size, image_size):
         raise InputError(f"{name} has size {_size(array.shape) or 'scalar'}; expected {image_size}×{image_size}")
-    return array
+    if array.dtype.kind not in "iuf":
+        raise InputError(f"{name} must hold numbers only, got {array.dtype.name} values")
+    return array.astype(np.float64)
 
 
 def check_images(images, image_size: int = 8, max_value: float = 16.0, max_items: int | None = None) -> np.ndarray:
@@ -83,8 +91,8 @@ def check_images(images, image_size: int = 8, max_value: float = 16.0, max_items
         if not np.isfinite(array).all():
             raise InputError(f"images[{i}] contains NaN or infinite values")
         if array.min() < 0 or array.max() > max_value:
-            raise InputError(f"images[{i}] has values from {array.min():g} to {array.max():g}; "
-                             f"expected values in [0, {max_value:g}]")
+            raise InputError(f"images[{i}] has values from {_number(array.min())} to {_number(array.max())}; "
+                             f"expected values in [0, {_number(max_value)}]")
     return np.stack(arrays).astype(np.float32)
 
 

@@ -6,6 +6,7 @@ Layout of a registry root::
     <root>/<name>/v1/model.safetensors   weights (safetensors, shared tensors stored once)
     <root>/<name>/v1/card.json           the model card (sha256 and size of every file, metrics, …)
     <root>/<name>/v1/tokenizer.json      extra files given to publish (text models need the tokenizer)
+    <root>/<name>/v1/manifest.json       size and sha256 of every file of the version, the card included
     <root>/<name>/promoted.json          {"version": "v2", "history": ["v1", "v2"]}: promotions, newest last
 
 A version folder is written as a hidden temporary folder and renamed into place, so a reader sees a
@@ -41,31 +42,35 @@ from .checks import (
     check_name,
     check_preprocessing,
     check_version,
+    InvalidNameError,
     is_name,
     is_version,
     version_number,
 )
 from ..files import (
+    MANIFEST_FILE,
     IntegrityError,
     LockTimeout,
     atomic_write_json,
-    check_entry,
     file_entry,
     file_lock,
     publish_directory,
     staging_directory,
+    verify_manifest,
+    write_manifest,
 )
 
 if TYPE_CHECKING:
     from .loaded import LoadedModel
 
-__all__ = ["ModelCard", "ModelNotFoundError", "ModelRegistry", "RegistryError", "check_name", "check_version"]
+__all__ = ["DamagedEntry", "InvalidNameError", "ModelCard", "ModelNotFoundError", "ModelRegistry", "RegistryError",
+           "check_name", "check_version"]
 
 CARD_FORMAT, CARD_FORMAT_VERSION = "bigmodel_course.ModelCard", 1
 WEIGHTS_FILE, CARD_FILE, POINTER_FILE, TOKENIZER_FILE = (
     "model.safetensors", "card.json", "promoted.json", "tokenizer.json")
 LOCK_FILE = ".lock"
-RESERVED_FILES = (WEIGHTS_FILE, CARD_FILE)
+RESERVED_FILES = (WEIGHTS_FILE, CARD_FILE, MANIFEST_FILE)
 
 
 @dataclass
@@ -110,6 +115,15 @@ class ModelCard:
         if missing:
             raise ValueError(f"model card lacks {missing}")
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class DamagedEntry:
+    """A registry entry that cannot be read: a version (or, version None, the model's promoted pointer)."""
+
+    name: str
+    version: str | None
+    problem: str  # paths relative to the registry root
 
 
 @contextmanager
@@ -176,7 +190,8 @@ class ModelRegistry:
             return {}
         except (OSError, json.JSONDecodeError) as e:
             raise RegistryError(f"{path} is unreadable: {e}") from None
-        if not isinstance(data, dict) or not isinstance(data.get("history"), list) or not data["history"]:
+        if not isinstance(data, dict) or not isinstance(data.get("history"), list) or not data["history"] \
+                or not is_version(data.get("version")) or not all(is_version(v) for v in data["history"]):
             raise RegistryError(f"{path} is not a promoted pointer")
         return data
 
@@ -201,8 +216,31 @@ class ModelRegistry:
         return [self._read_card(folder, v, promoted) for v in self._version_names(folder)]
 
     def list(self) -> list[ModelCard]:
-        """Cards of every version of every model (each with its `promoted` flag)."""
+        """Cards of every version of every model (each with its `promoted` flag); RegistryError at the first
+        damaged entry (`scan` skips them instead)."""
         return [card for name in self.names() for card in self.versions(name)]
+
+    def scan(self) -> tuple[list[ModelCard], list[DamagedEntry]]:
+        """Cards of every readable version, and the entries that cannot be read, so one damaged version never
+        hides the others. A model whose promoted pointer is unreadable lists its versions as not promoted."""
+        cards, damaged = [], []
+        for name in self.names():
+            folder = self.root / name
+            try:
+                promoted = self._pointer(folder).get("version")
+            except RegistryError as e:
+                damaged.append(DamagedEntry(name, None, self.relative(e)))
+                promoted = None
+            for version in self._version_names(folder):
+                try:
+                    cards.append(self._read_card(folder, version, promoted))
+                except RegistryError as e:
+                    damaged.append(DamagedEntry(name, version, self.relative(e)))
+        return cards, damaged
+
+    def relative(self, error: Exception) -> str:
+        """An error message with the registry root cut from its paths (for clients)."""
+        return str(error).replace(f"{self.root}{os.sep}", "")
 
     def card(self, name: str, version: str) -> ModelCard:
         """The card of one version, or ModelNotFoundError naming it."""
@@ -312,6 +350,7 @@ class ModelRegistry:
                 stored = {"format": CARD_FORMAT, "format_version": CARD_FORMAT_VERSION, **card.to_dict()}
                 del stored["promoted"]
                 atomic_write_json(tmp / CARD_FILE, stored)
+                write_manifest(tmp, known=entries)  # covers the card too: labels and preprocessing are checked
                 publish_directory(tmp, folder / version)
         return card
 
@@ -333,16 +372,21 @@ class ModelRegistry:
     # ------------------------------------------------------------ loading
 
     def verify(self, name: str, version: str) -> ModelCard:
-        """Check size and sha256 of every file of a version against its card; RegistryError names a bad file."""
-        card = self.card(name, version)
+        """Check size and sha256 of every file of a version (card.json included) against its manifest, and the
+        card's own file list against the manifest; RegistryError names a bad file."""
+        self.card(name, version)  # ModelNotFoundError / RegistryError naming a missing or unreadable card
         folder = self.root / name / version
-        if WEIGHTS_FILE not in card.files or card.files[WEIGHTS_FILE]["sha256"] != card.sha256:
+        try:
+            manifest = verify_manifest(folder)
+        except IntegrityError as e:
+            raise RegistryError(str(e)) from None
+        card = self.card(name, version)  # read again: this is the card the manifest just verified
+        if CARD_FILE not in manifest or WEIGHTS_FILE not in card.files \
+                or card.files[WEIGHTS_FILE]["sha256"] != card.sha256:
             raise RegistryError(f"{folder / CARD_FILE} does not record the weights' sha256")
         for file_name, expected in card.files.items():
-            try:
-                check_entry(folder / file_name, expected)
-            except IntegrityError as e:
-                raise RegistryError(str(e)) from None
+            if manifest.get(file_name) != expected:
+                raise RegistryError(f"{folder / CARD_FILE} and {folder / MANIFEST_FILE} disagree on {file_name}")
         return card
 
     def load(self, name: str, version: str | None = None, device: str | torch.device = "cpu") -> "LoadedModel":

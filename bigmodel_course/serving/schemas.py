@@ -1,27 +1,66 @@
-"""Request and response bodies of the service (pydantic), and short readable validation messages."""
+"""Request and response bodies of the service (pydantic), and short readable validation messages.
+
+Request bodies are validated in bounded time whatever a client sends: types are strict (a pixel is a JSON
+number, never a string or a boolean), every list has a length limit that is checked before its items, lists
+stop at their first bad item, and unknown fields are refused with one error however many there are.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictStr, model_validator
+from pydantic_core import PydanticCustomError
+
+MAX_IMAGE_SIDE = 64  # rows and columns accepted before the model's own image size is checked
 
 
-class TextRequest(BaseModel):
-    """POST /v1/text/classify: a batch of texts for one model."""
+class StrictRequest(BaseModel):
+    """A request body: strict types, and unknown fields refused with a single error."""
 
-    model_config = ConfigDict(extra="forbid")
-    model: str = Field(description="registered model name, e.g. 'reviews'", examples=["reviews"])
-    texts: list[str] = Field(description="texts to classify (non-empty, each within the length limit)",
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            known = cls.model_fields.keys()
+            unknown = [key for key in data if key not in known]
+            if unknown:
+                more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+                raise PydanticCustomError("unexpected_fields", "unexpected field {field}{more}",
+                                          {"field": repr(unknown[0][:40]), "more": more})
+        return data
+
+
+def _bounded_list(item, max_items: int, description: str | None = None, **kwargs) -> Any:
+    """list[item] of at most `max_items`, checked before the items; validation stops at the first bad item."""
+    return Annotated[list[item], Field(max_length=max_items, fail_fast=True, description=description, **kwargs)]
+
+
+def request_models(max_batch: int = 64) -> tuple[type[BaseModel], type[BaseModel]]:
+    """(TextRequest, ImageRequest) for a service that accepts at most `max_batch` inputs per request."""
+    row = _bounded_list(StrictFloat, MAX_IMAGE_SIDE)  # strict: ints are numbers too, strings and booleans are not
+    image = _bounded_list(row, MAX_IMAGE_SIDE)
+
+    class TextRequest(StrictRequest):
+        """POST /v1/text/classify: a batch of texts for one model."""
+
+        model: StrictStr = Field(description="registered model name, e.g. 'reviews'", examples=["reviews"])
+        texts: _bounded_list(StrictStr, max_batch, "texts to classify (non-empty, each within the length limit)",
                              examples=[["这本书写得很好，推荐！", "质量太差，退货了"]])
 
+    class ImageRequest(StrictRequest):
+        """POST /v1/image/classify as JSON: a batch of 8×8 arrays on the load_digits scale (0..16)."""
 
-class ImageRequest(BaseModel):
-    """POST /v1/image/classify as JSON: a batch of 8×8 arrays on the load_digits scale (0..16)."""
+        model: StrictStr = Field(description="registered model name, e.g. 'digits'", examples=["digits"])
+        images: _bounded_list(image, max_batch, "images, each 8 rows of 8 numbers in [0, max_value]")
 
-    model_config = ConfigDict(extra="forbid")
-    model: str = Field(description="registered model name, e.g. 'digits'", examples=["digits"])
-    images: list[list[list[float]]] = Field(description="images, each 8 rows of 8 numbers in [0, max_value]")
+    return TextRequest, ImageRequest
+
+
+TextRequest, ImageRequest = request_models()
 
 
 class Prediction(BaseModel):
@@ -56,10 +95,19 @@ class ModelInfo(BaseModel):
     promoted: bool
 
 
+class DamagedInfo(BaseModel):
+    """A registry entry that cannot be read (version None: the model's promoted pointer or canary file)."""
+
+    name: str
+    version: str | None
+    problem: str
+
+
 class ModelsResponse(BaseModel):
-    """Every version of every registered model."""
+    """Every readable version of every registered model, and the entries that cannot be read."""
 
     models: list[ModelInfo]
+    damaged: list[DamagedInfo] = Field(default_factory=list)
 
 
 class Health(BaseModel):
@@ -96,7 +144,15 @@ def validation_message(errors: Sequence[dict]) -> tuple[int, str]:
         where = f" at position {loc[-1]}" if loc and isinstance(loc[-1], int) else ""
         return 400, f"malformed JSON: {reason}{where}".rstrip()
     name = _field(loc)
-    if kind == "missing":
+    if kind == "unexpected_fields":
+        return 422, first.get("msg", "unexpected field")
+    if kind == "too_long":
+        ctx = first.get("ctx") or {}
+        if len(loc) == 2 and loc[0] == "body" or len(loc) == 1:
+            message = f"too many {name}: {ctx.get('actual_length')}; at most {ctx.get('max_length')} per request"
+        else:
+            message = f"{name} has {ctx.get('actual_length')} items; at most {ctx.get('max_length')}"
+    elif kind == "missing":
         message = f"missing field '{name}'"
     elif kind == "extra_forbidden":
         message = f"unexpected field '{name}'"

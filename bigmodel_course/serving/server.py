@@ -1,8 +1,15 @@
 """Running the service: `serve` (uvicorn in this process, blocking) and `background_server` (a separate
-`bigmodel-course serve` process for notebooks, tests and load tests, stopped cleanly on exit)."""
+`bigmodel-course serve` process for notebooks, tests and load tests, stopped cleanly on exit).
+
+Connections are timed out at three points: a client has `header_timeout` seconds from connecting (or from the
+end of its previous answer) to send a complete request head, a kept-alive connection is closed after
+`keep_alive_timeout` idle seconds, and a request body must arrive within the app's `body_timeout` (408).
+Access-log lines never contain a URL's query string.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -17,6 +24,70 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .registry import ModelRegistry
+
+DEFAULT_HEADER_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT = 10.0, 5
+
+
+def timed_protocol(header_timeout: float) -> type:
+    """uvicorn's h11 protocol with a deadline for each request head.
+
+    uvicorn closes an idle kept-alive connection, but forgets the timer as soon as any byte arrives and sets
+    none for a fresh connection, so a client that connects and sends nothing, or sends its headers a byte at a
+    time (slowloris), holds a connection for ever. Here the deadline runs from the connection (or the end of
+    the previous answer) until the request head is complete, whatever arrives in between.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    if isinstance(header_timeout, bool) or not isinstance(header_timeout, (int, float)) or not header_timeout > 0:
+        raise ValueError(f"header_timeout must be a positive number of seconds, got {header_timeout!r}")
+
+    class TimedH11Protocol(H11Protocol):
+        _head_timer = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(header_timeout, self._head_timeout)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()  # no complete request head in time: drop the connection
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm()  # the head is complete; the body has the app's own timeout
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._arm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return TimedH11Protocol
+
+
+class QueryRedactingFilter(logging.Filter):
+    """Cut the query string from uvicorn's access-log lines (a secret sent in a URL must not reach the log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (args[0], args[1], args[2].split("?", 1)[0] + "?[query removed]", args[3], args[4])
+        return True
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -51,9 +122,14 @@ def serve(
     access_log: bool = True,
     port_file: str | os.PathLike | None = None,
     threads: int | None = 1,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    keep_alive_timeout: int = DEFAULT_KEEP_ALIVE_TIMEOUT,
     **limits: int,
 ) -> None:
     """Serve `create_app(registry, **limits)` with uvicorn on host:port until interrupted (Ctrl+C / SIGTERM).
+
+    header_timeout: seconds a connection may take to send a complete request head; keep_alive_timeout: seconds
+    an idle kept-alive connection stays open (the module docstring explains both).
 
     threads: torch intra-op threads per forward pass (None: torch's choice). One is fastest for the small
     batches of this service: requests run in parallel threads anyway, and more threads per forward pass
@@ -68,6 +144,9 @@ def serve(
         if isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0:
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
         torch.set_num_threads(threads)
+    protocol = timed_protocol(header_timeout)
+    if isinstance(keep_alive_timeout, bool) or not isinstance(keep_alive_timeout, int) or keep_alive_timeout <= 0:
+        raise ValueError(f"keep_alive_timeout must be a positive int of seconds, got {keep_alive_timeout!r}")
     app = create_app(registry, **limits)
     sock = _bind(host, port)
     bound = sock.getsockname()[1]
@@ -78,7 +157,10 @@ def serve(
         tmp.write_text(str(bound), encoding="utf-8")
         os.replace(tmp, path)
     config = uvicorn.Config(app, host=host, port=bound, log_level=log_level, access_log=access_log,
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, http=protocol, timeout_keep_alive=keep_alive_timeout)
+    access = logging.getLogger("uvicorn.access")  # configured by uvicorn.Config above
+    if not any(isinstance(f, QueryRedactingFilter) for f in access.filters):
+        access.addFilter(QueryRedactingFilter())
     uvicorn.Server(config).run(sockets=[sock])
 
 
@@ -132,6 +214,8 @@ def background_server(
     timeout: float = 60.0,
     log_level: str = "warning",
     threads: int = 1,
+    access_log: bool = False,
+    log_file: str | os.PathLike | None = None,
     **limits: int,
 ) -> Iterator[str]:
     """Run `bigmodel-course serve` in a child process; yield its base URL once /healthz answers; stop it on exit.
@@ -140,16 +224,16 @@ def background_server(
     load test measures the server and not the client. port=0 lets the OS pick a free port; `threads`, the app
     limits (max_batch, max_text_chars, max_body_bytes) and micro-batching (micro_batch, micro_batch_wait_ms) are
     passed on to `serve`; the admin key, if any, reaches the server through the environment (BIGMODEL_ADMIN_KEY).
-    The server's log is kept in a temporary file and quoted if the server fails to start.
+    The server's log is kept in a temporary file (or `log_file`) and quoted if the server fails to start.
     """
     root = registry.root if isinstance(registry, ModelRegistry) else ModelRegistry(registry).root
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an int in 0..65535, got {port!r}")
     with tempfile.TemporaryDirectory(prefix="bigmodel-serve-") as tmp:
-        port_file, log = Path(tmp) / "port", Path(tmp) / "server.log"
+        port_file, log = Path(tmp) / "port", Path(log_file or Path(tmp) / "server.log")
         command = [sys.executable, "-m", "bigmodel_course.cli", "serve", "--host", host, "--port", str(port),
                    "--registry", str(root), "--port-file", str(port_file), "--log-level", log_level,
-                   "--no-access-log", "--threads", str(int(threads))]
+                   "--threads", str(int(threads))] + ([] if access_log else ["--no-access-log"])
         for key, value in limits.items():  # max_batch, max_text_chars, max_body_bytes, micro_batch, micro_batch_wait_ms
             command += [f"--{key.replace('_', '-')}", str(value)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
