@@ -1,8 +1,9 @@
 """The service probed as an attacker and an unlucky operator would: bounded validation, bounded metric labels,
 well-formed names, client hang-ups, damaged registry entries, per-model load locks, keys kept out of URLs and
-logs, a hashed model card, request smuggling, oversized configs and coerced pixels. Each test failed before the
-fix it guards. (The multi-process registry race is tests/test_files.py::test_two_processes_publishing_…; the
-connection timeouts need a real server: tests/test_serving_live.py.)"""
+logs, a hashed model card, request smuggling, oversized configs and coerced pixels.
+
+The multi-process registry race is tests/test_files.py::test_two_processes_publishing_at_once_lose_nothing;
+the connection timeouts need a real server: tests/test_serving_live.py."""
 
 import asyncio
 import json
