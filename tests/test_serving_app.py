@@ -64,12 +64,17 @@ def publish_models(reg, tok_dir, seed=0, version_note=""):
     return text, image
 
 
-@pytest.fixture(scope="module")
-def reg(tmp_path_factory):
-    registry = ModelRegistry(tmp_path_factory.mktemp("registry"))
-    for card in publish_models(registry, tmp_path_factory.mktemp("tok")):
+def promoted_registry(root, tok_dir) -> ModelRegistry:
+    """A registry at `root` with both tiny models published and promoted."""
+    registry = ModelRegistry(root)
+    for card in publish_models(registry, tok_dir):
         registry.promote(card.name, card.version)
     return registry
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory):
+    return promoted_registry(tmp_path_factory.mktemp("registry"), tmp_path_factory.mktemp("tok"))
 
 
 @pytest.fixture(scope="module")

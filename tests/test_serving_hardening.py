@@ -16,7 +16,14 @@ import torch
 from fastapi import HTTPException
 from fastapi.testclient import TestClient
 from safetensors.torch import save_model
-from test_serving_app import DIGITS, PREP, RecordingClient, metric_values, no_tracebacks, publish_models  # noqa: F401
+from test_serving_app import (  # noqa: F401  (no_tracebacks: an autouse fixture)
+    DIGITS,
+    PREP,
+    RecordingClient,
+    metric_values,
+    no_tracebacks,
+    promoted_registry,
+)
 
 from bigmodel_course.serving import ADMIN_HEADER, ADMIN_KEY_ENV, ModelRegistry, RegistryError, create_app
 from bigmodel_course.serving.admin import check_admin_key
@@ -31,10 +38,7 @@ KEY = "test-admin-key-" + "h" * 24  # test-only key, never a real secret
 
 @pytest.fixture(scope="module")
 def reg(tmp_path_factory):
-    registry = ModelRegistry(tmp_path_factory.mktemp("registry"))
-    for card in publish_models(registry, tmp_path_factory.mktemp("tok")):
-        registry.promote(card.name, card.version)
-    return registry
+    return promoted_registry(tmp_path_factory.mktemp("registry"), tmp_path_factory.mktemp("tok"))
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +49,21 @@ def client(reg):
 @pytest.fixture
 def fresh(tmp_path):
     """A registry of its own (tests that damage it)."""
-    registry = ModelRegistry(tmp_path / "registry")
-    for card in publish_models(registry, tmp_path):
-        registry.promote(card.name, card.version)
-    return registry
+    return promoted_registry(tmp_path / "registry", tmp_path)
+
+
+def asgi_call(app, receive, headers=((b"content-type", b"application/json"),), timeout: float = 5.0) -> list[dict]:
+    """Run one POST /v1/text/classify through the ASGI app with a hand-made `receive`; the messages it sent."""
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/text/classify", "raw_path": b"/v1/text/classify", "query_string": b"", "root_path": "",
+             "headers": list(headers), "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), timeout))
+    return sent
 
 
 def timed_post(client, path, content):
@@ -146,26 +161,12 @@ def test_invalid_names_are_422_on_every_route_and_never_echoed_in_full(fresh):
 
 def test_a_client_that_disconnects_mid_body_counts_as_499_not_500(reg):
     app = create_app(reg)
-    sent = []
+    messages = [{"type": "http.request", "body": b'{"model": "rev', "more_body": True}, {"type": "http.disconnect"}]
 
-    async def run():
-        messages = [{"type": "http.request", "body": b'{"model": "rev', "more_body": True},
-                    {"type": "http.disconnect"}]
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
 
-        async def receive():
-            return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-        async def send(message):
-            sent.append(message)
-
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": "http", "path": "/v1/text/classify", "raw_path": b"/v1/text/classify", "query_string": b"",
-                 "root_path": "", "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
-                 "server": ("127.0.0.1", 80)}
-        await app(scope, receive, send)
-
-    asyncio.run(run())
-    assert not sent  # nobody to answer
+    assert not asgi_call(app, receive)  # nobody to answer
     statuses = {dict(labels)["status"] for (name, labels), value in metric_values(TestClient(app)).items()
                 if name == "bigmodel_http_requests_total" and dict(labels)["route"] == "/v1/text/classify"}
     assert statuses == {"499"}
@@ -311,49 +312,24 @@ def test_a_version_without_a_manifest_does_not_load(fresh):
 
 
 def test_content_length_with_transfer_encoding_is_refused(reg):
-    app = create_app(reg)
-    sent = []
+    body = json.dumps({"model": "reviews", "texts": ["好"]}).encode()
 
-    async def run():
-        body = json.dumps({"model": "reviews", "texts": ["好"]}).encode()
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
 
-        async def receive():
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message):
-            sent.append(message)
-
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"transfer-encoding", b"chunked")]
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": "http", "path": "/v1/text/classify", "raw_path": b"/v1/text/classify", "query_string": b"",
-                 "root_path": "", "headers": headers, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
-        await app(scope, receive, send)
-
-    asyncio.run(run())
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"transfer-encoding", b"chunked")]
+    sent = asgi_call(create_app(reg), receive, headers)
     assert sent[0]["status"] == 400 and (b"connection", b"close") in sent[0]["headers"]
     assert b"both Content-Length and Transfer-Encoding" in sent[1]["body"]
 
 
 def test_a_slow_body_is_refused_with_408(reg):
-    app = create_app(reg, body_timeout=0.2)
-    sent = []
+    async def receive():
+        await asyncio.sleep(0.1)
+        return {"type": "http.request", "body": b" ", "more_body": True}  # a byte now and then, for ever
 
-    async def run():
-        async def receive():
-            await asyncio.sleep(0.1)
-            return {"type": "http.request", "body": b" ", "more_body": True}  # a byte now and then, for ever
-
-        async def send(message):
-            sent.append(message)
-
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": "http", "path": "/v1/text/classify", "raw_path": b"/v1/text/classify", "query_string": b"",
-                 "root_path": "", "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1),
-                 "server": ("127.0.0.1", 80)}
-        await asyncio.wait_for(app(scope, receive, send), 5)
-
-    asyncio.run(run())
+    sent = asgi_call(create_app(reg, body_timeout=0.2), receive)
     assert sent[0]["status"] == 408 and b"did not arrive within 0.2 s" in sent[1]["body"]
 
 

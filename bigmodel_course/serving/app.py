@@ -8,8 +8,8 @@ Options: micro-batching of concurrent text requests (batching.py), admin routes 
 the environment (admin.py), canary releases (canary.py).
 
 No request can stall the others: bodies are read whole (with a size limit and a timeout) by the middleware,
-parsed and validated in bounded time (schemas.py) in the thread pool, and models load under a lock of their
-own, so a large model being verified never holds up requests for a model already loaded.
+parsed and validated in bounded time (schemas.py; large bodies in the thread pool), and models load under a
+lock of their own, so a large model being verified never holds up requests for a model already loaded.
 """
 
 from __future__ import annotations
@@ -62,6 +62,16 @@ def _json_body(model: type[BaseModel], **more: dict) -> dict:
     """openapi_extra documenting a route's JSON body (the route parses the body itself, in bounded time)."""
     return {"requestBody": {"required": True,
                             "content": {"application/json": {"schema": model.model_json_schema()}, **more}}}
+
+
+INLINE_PARSE_BYTES = 65_536  # bodies up to this size are parsed on the event loop (well under a millisecond)
+
+
+async def parse_request(model: type[BaseModel], raw: bytes):
+    """`parse_body` on the event loop for small bodies, in the thread pool for large ones (milliseconds of work)."""
+    if len(raw) <= INLINE_PARSE_BYTES:
+        return parse_body(model, raw)
+    return await run_in_threadpool(parse_body, model, raw)
 
 
 def parse_body(model: type[BaseModel], raw: bytes):
@@ -314,15 +324,6 @@ def create_app(
             raise HTTPException(422, str(e)) from None
         return answer(model, predictions, time.perf_counter() - start)
 
-    def text_request_model(raw: bytes) -> tuple[LoadedModel, list[str]]:
-        """Parse and check a text request, then find its model (runs in the thread pool)."""
-        body = parse_body(text_request, raw)
-        try:
-            texts = check_texts(body.texts, max_items=max_batch, max_chars=max_text_chars)
-        except InputError as e:
-            raise HTTPException(422, str(e)) from None
-        return cache.get(body.model, "text"), texts
-
     @app.post("/v1/text/classify", response_model=ClassifyResponse, responses=_ERRORS,
               openapi_extra=_json_body(text_request))
     async def classify_text(request: Request) -> dict:
@@ -330,13 +331,17 @@ def create_app(
         content_type = _json_content_type(request)
         if content_type is not None:
             raise HTTPException(415, f"unsupported Content-Type {content_type[:60]!r}; send application/json")
-        raw = await request.body()
+        body = await parse_request(text_request, await request.body())
+        try:
+            texts = check_texts(body.texts, max_items=max_batch, max_chars=max_text_chars)
+        except InputError as e:
+            raise HTTPException(422, str(e)) from None
         if batcher is None:
             def run() -> dict:
-                return classify(*text_request_model(raw))
+                return classify(cache.get(body.model, "text"), texts)
 
             return await run_in_threadpool(run)
-        model, texts = await run_in_threadpool(text_request_model, raw)
+        model = await run_in_threadpool(cache.get, body.model, "text")
         start = time.perf_counter()
         try:
             predictions = await batcher.submit(model, texts)
@@ -388,10 +393,9 @@ def create_app(
                     raise HTTPException(422, str(e)) from None
                 return classify(model, images)
         elif content_type == "application/json" or content_type.endswith("+json"):
-            raw = await request.body()
+            body = await parse_request(image_request, await request.body())
 
             def run() -> dict:
-                body = parse_body(image_request, raw)
                 model = cache.get(body.model, "image")
                 prep = model.card.preprocessing
                 try:
