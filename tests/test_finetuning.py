@@ -9,6 +9,7 @@ from bigmodel_course.finetuning import (
     load_sentiment_classifier,
     sentiment_dir,
     tfidf_baseline,
+    tuned_tfidf,
 )
 from bigmodel_course.pretrained import Pretrained, load_pretrained
 from bigmodel_course.transformer import GPT, GPTConfig, TransformerConfig
@@ -27,6 +28,33 @@ def test_tfidf_baseline_learns_an_easy_task():
     train = ["好 好 好", "很好", "真好", "差 差", "很差", "真差"] * 3
     labels = [1, 1, 1, 0, 0, 0] * 3
     assert tfidf_baseline(train, labels, ["好", "差"], [1, 0]) == 1.0
+
+
+def test_tuned_tfidf_chooses_c_on_validation_and_never_on_test():
+    """C is the validation argmax (ties to the smaller C) and flipping every test label changes nothing but the
+    test accuracy, which becomes its complement: the test split is scored once, after the choice."""
+    import random
+
+    rng = random.Random(0)
+    good, bad = "好棒赞美妙优", "差烂糟坏劣"
+
+    def texts(n):
+        out = []
+        for _ in range(n):
+            label = rng.random() < 0.5
+            chars = [rng.choice(good if (label != (rng.random() < 0.2)) else bad) for _ in range(4)]
+            out.append(("".join(chars) + "的", int(label)))
+        return [t for t, _ in out], [y for _, y in out]
+
+    train, val, test = texts(200), texts(100), texts(100)
+    result = tuned_tfidf(train, val, test, cs=(0.01, 1.0, 100.0))
+    assert result.c == max(result.val_accuracy, key=lambda c: (result.val_accuracy[c], -c))
+    assert set(result.val_accuracy) == {0.01, 1.0, 100.0} and result.test_accuracy > 0.8
+    flipped = tuned_tfidf(train, val, (test[0], [1 - y for y in test[1]]), cs=(0.01, 1.0, 100.0))
+    assert flipped.c == result.c and flipped.val_accuracy == result.val_accuracy
+    assert flipped.test_accuracy == pytest.approx(1 - result.test_accuracy)
+    with pytest.raises(ValueError, match="at least one C"):
+        tuned_tfidf(train, val, test, cs=())
 
 
 def test_classifier_starts_from_the_pretrained_encoder(tmp_path, monkeypatch):
