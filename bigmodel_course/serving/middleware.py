@@ -100,8 +100,8 @@ class CatchAllMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Read the whole request body first: refuse it with 413 as soon as it passes `max_bytes` (or a path prefix's
-    own limit), with 408 when it has not arrived within `timeout` seconds, and with 400 when the request
+    """Read the whole request body first: refuse it with 413 as soon as it passes `max_bytes` (or its route's own
+    limit), with 408 when it has not arrived within `timeout` seconds, and with 400 when the request
     declares both Content-Length and Transfer-Encoding (request smuggling behind a proxy).
 
     A Content-Length over the limit is refused before any body byte is read; a body without one

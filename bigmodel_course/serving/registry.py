@@ -119,7 +119,7 @@ class ModelCard:
 
 @dataclass(frozen=True)
 class DamagedEntry:
-    """A registry entry that cannot be read: a version (or, version None, the model's promoted pointer)."""
+    """A registry entry that cannot be read: a version (version None: the model's promoted pointer or canary file)."""
 
     name: str
     version: str | None
