@@ -18,7 +18,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field, StrictStr
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, UploadFile
@@ -100,7 +100,8 @@ def _key_problem(expected: str | None, headers: Headers, query_string: bytes) ->
 
 
 class AdminGate:
-    """ASGI middleware: check the admin key of /v1/admin requests before their body is read."""
+    """ASGI middleware: check the admin key of /v1/admin requests before their body is read (the one place the
+    key is checked; create_app installs it in front of the admin routes)."""
 
     def __init__(self, app: ASGIApp, admin_key: str | None) -> None:
         self.app, self.admin_key = app, admin_key
@@ -114,20 +115,6 @@ class AdminGate:
                 await JSONResponse({"detail": message}, status_code=status, headers=headers)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-
-def _require_key(expected: str | None):
-    """A FastAPI dependency that lets a request through only with the right X-API-Key header (AdminGate checks
-    the same before the body is read; this keeps the routes safe when mounted without it)."""
-
-    def require(request: Request) -> None:
-        problem = _key_problem(expected, request.headers, request.scope.get("query_string", b""))
-        if problem is not None:
-            status, message = problem
-            headers = {"WWW-Authenticate": ADMIN_HEADER} if status == 401 else None
-            raise HTTPException(status, message, headers=headers)
-
-    return require
 
 
 def _check_names(name: str, version: str | None = None) -> None:
@@ -202,13 +189,11 @@ def _publish_from_files(registry: ModelRegistry, name: str, metadata: dict, weig
     return card.summary()
 
 
-def admin_router(registry: ModelRegistry, cache, admin_key: str | None,
-                 max_upload_bytes: int | None = None) -> APIRouter:
-    """The admin routes over `registry`; `cache` (the app's ModelCache) loads a version before it is promoted;
-    an uploaded config may describe at most max_upload_bytes / 2 parameters."""
-    check_admin_key(admin_key)
-    router = APIRouter(prefix=ADMIN_PREFIX, tags=["admin"], dependencies=[Depends(_require_key(admin_key))],
-                       responses=_ERRORS)
+def admin_router(registry: ModelRegistry, cache, max_upload_bytes: int | None = None) -> APIRouter:
+    """The admin routes over `registry` (mount them behind AdminGate, which checks the key); `cache` (the app's
+    ModelCache) loads a version before it is promoted; an uploaded config may describe at most
+    max_upload_bytes / 2 parameters."""
+    router = APIRouter(prefix=ADMIN_PREFIX, tags=["admin"], responses=_ERRORS)
 
     @router.post("/models/{name}/versions", status_code=201, response_model=ModelInfo, openapi_extra=_PUBLISH_BODY)
     async def publish(name: str, request: Request) -> dict:

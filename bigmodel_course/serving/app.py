@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .admin import UPLOAD_ROUTE, AdminGate, admin_key_from_env, admin_router
+from .admin import UPLOAD_ROUTE, AdminGate, admin_key_from_env, admin_router, check_admin_key
 from .batching import MicroBatcher, length_buckets
 from .canary import damaged_canaries, get_canary
 from .checks import InvalidNameError
@@ -89,12 +89,14 @@ def parse_body(model: type[BaseModel], raw: bytes):
         raise HTTPException(status, message) from None
 
 
-def _json_content_type(request: Request) -> str | None:
-    """The media type if the request is not JSON (None when it is, or when it names no type)."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if not content_type or content_type == "application/json" or content_type.endswith("+json"):
-        return None
-    return content_type
+def _media_type(request: Request) -> str:
+    """The request's media type in lower case ('' when it names none): 'application/json', 'multipart/form-data'."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _is_json(media_type: str) -> bool:
+    """application/json or a +json type."""
+    return media_type == "application/json" or media_type.endswith("+json")
 
 
 def _a(task: str) -> str:
@@ -171,7 +173,6 @@ class ModelCache:
 
     def preload(self, name: str, version: str) -> LoadedModel:
         """Load (and verify) a version before it takes traffic; RegistryError naming the problem if it does not load."""
-        check_name(name)
         with self._lock:
             self._failed.discard((name, version))
         return self._load(name, version)
@@ -272,6 +273,7 @@ def create_app(
     text_request, image_request = request_models(max_batch)
     if admin_key is None:
         admin_key = admin_key_from_env()
+    check_admin_key(admin_key)
     if not isinstance(registry, ModelRegistry):
         registry = ModelRegistry(registry)
     metrics = ServiceMetrics()
@@ -328,8 +330,8 @@ def create_app(
               openapi_extra=_json_body(text_request))
     async def classify_text(request: Request) -> dict:
         """Classify a batch of texts with the promoted version of a text model."""
-        content_type = _json_content_type(request)
-        if content_type is not None:
+        content_type = _media_type(request)
+        if content_type and not _is_json(content_type):
             raise HTTPException(415, f"unsupported Content-Type {content_type[:60]!r}; send application/json")
         body = await parse_request(text_request, await request.body())
         try:
@@ -379,7 +381,7 @@ def create_app(
               openapi_extra=_json_body(image_request, **{"multipart/form-data": _UPLOADS}))
     async def classify_image(request: Request) -> dict:
         """Classify 8×8 digit images (JSON arrays, or PNG uploads in the multipart field `files`)."""
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        content_type = _media_type(request)
         if content_type == "multipart/form-data":
             name, files = await _image_form(request)
 
@@ -392,7 +394,7 @@ def create_app(
                 except InputError as e:
                     raise HTTPException(422, str(e)) from None
                 return classify(model, images)
-        elif content_type == "application/json" or content_type.endswith("+json"):
+        elif _is_json(content_type):
             body = await parse_request(image_request, await request.body())
 
             def run() -> dict:
@@ -434,7 +436,7 @@ def create_app(
         """Prometheus text format: requests, latency, items classified, model load time."""
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    app.include_router(admin_router(registry, cache, admin_key, max_upload_bytes=admin_max_body_bytes))
+    app.include_router(admin_router(registry, cache, max_upload_bytes=admin_max_body_bytes))
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes, route_limits={UPLOAD_ROUTE: admin_max_body_bytes},
                        timeout=body_timeout)
     app.add_middleware(AdminGate, admin_key=admin_key)

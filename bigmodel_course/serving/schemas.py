@@ -60,9 +60,6 @@ def request_models(max_batch: int = 64) -> tuple[type[BaseModel], type[BaseModel
     return TextRequest, ImageRequest
 
 
-TextRequest, ImageRequest = request_models()
-
-
 class Prediction(BaseModel):
     """The predicted class of one input and the probability of every class."""
 
@@ -148,7 +145,7 @@ def validation_message(errors: Sequence[dict]) -> tuple[int, str]:
         return 422, first.get("msg", "unexpected field")
     if kind == "too_long":
         ctx = first.get("ctx") or {}
-        if len(loc) == 2 and loc[0] == "body" or len(loc) == 1:
+        if "[" not in name and "." not in name:  # a top-level list: 'texts', 'images'
             message = f"too many {name}: {ctx.get('actual_length')}; at most {ctx.get('max_length')} per request"
         else:
             message = f"{name} has {ctx.get('actual_length')} items; at most {ctx.get('max_length')}"
