@@ -259,6 +259,9 @@ class Trainer:
         """Make epoch `epoch`'s order a function of (seed, epoch) only, not of the global RNG."""
         loader = self.train_loader
         sampler = getattr(loader, "sampler", None)
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        if hasattr(batch_sampler, "set_epoch"):
+            batch_sampler.set_epoch(epoch)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         elif isinstance(sampler, RandomSampler):

@@ -7,10 +7,13 @@ import torch
 from transformers import BertForMaskedLM, GPT2LMHeadModel
 
 from bigmodel_course.data import review_splits
+import bigmodel_course.pretrained as pretrained_module
 from bigmodel_course.pretrained import (
+    SPECS,
     NSPMLMDataset,
     corpus,
     load_pretrained,
+    load_snapshot,
     model_dir,
     nsp_documents,
     pretrain,
@@ -49,6 +52,24 @@ def test_bert_batches_are_masked_pairs():
     assert torch.all(batch["input_ids"][:, 0] == tok.cls_id)
 
 
+def test_mlm_only_batches_mask_the_share_asked_for():
+    texts = corpus(300)
+    tok = CharTokenizer.train(texts)
+    shares = {}
+    for p in (0.15, 0.35):
+        data = NSPMLMDataset(texts, tok, max_len=64, mask_prob=p, nsp=False)
+        torch.manual_seed(0)
+        batch = data.collate([data[i] for i in range(64)])
+        assert "next_sentence_label" not in batch
+        ordinary = (batch["attention_mask"] == 1) & ~torch.isin(
+            torch.where(batch["labels"] != IGNORE_INDEX, batch["labels"], batch["input_ids"]),
+            torch.tensor(tok.special_ids))
+        shares[p] = float((batch["labels"] != IGNORE_INDEX).sum() / ordinary.sum())
+    assert shares[0.15] == pytest.approx(0.15, abs=0.02) and shares[0.35] == pytest.approx(0.35, abs=0.02)
+    with pytest.raises(ValueError, match=r"mask_prob must be in \(0, 1\), got 1.0"):
+        NSPMLMDataset(texts, tok, max_len=64, mask_prob=1.0)
+
+
 def test_gpt_pretrains_publishes_and_loads_in_transformers(root):
     path = pretrain("gpt", "ci", root=root, progress=False)
     assert path == model_dir("gpt", "ci", root)
@@ -62,6 +83,31 @@ def test_gpt_pretrains_publishes_and_loads_in_transformers(root):
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(ids).logits, hf(ids).logits, atol=1e-5, rtol=0)
     assert not list(root.glob(".*tmp*")), "temporary folders left behind"
+
+
+def test_snapshots_are_the_same_run_earlier(root):
+    pretrain("gpt", "ci", root=root, progress=False)
+    final = load_pretrained("gpt", "ci", root=root)
+    assert final.meta["snapshots"] == [8, 15]  # a quarter and a half of 30 steps
+    ids = torch.tensor([final.tokenizer.encode("人民日报", add_special=False)])
+    quarter, half = load_snapshot(final, 8), load_snapshot(final, 15)
+    assert quarter.meta["steps"] == 8 and all(h["step"] <= 8 for h in quarter.history)
+    assert len(half.history) < len(final.history)
+    with torch.no_grad():
+        outs = [m.model(ids).logits for m in (quarter, half, final)]
+    assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[1], outs[2])
+    with pytest.raises(ValueError, match=r"no snapshot at step 9 .*snapshots: \[8, 15\]"):
+        load_snapshot(final, 9)
+
+
+def test_a_cached_model_of_another_recipe_is_trained_again(root, monkeypatch):
+    first = load_pretrained("gpt", "ci", root=root)
+    spec = SPECS[("gpt", "ci")]
+    monkeypatch.setitem(pretrained_module.SPECS, ("gpt", "ci"), type(spec)(**{**spec.__dict__, "max_steps": 12}))
+    again = load_pretrained("gpt", "ci", root=root, progress=False)
+    assert again.meta["steps"] == 12 and again.meta["created"] >= first.meta["created"]
+    monkeypatch.undo()
+    assert load_pretrained("gpt", "ci", root=root, progress=False).meta["steps"] == 30
 
 
 def test_bert_pretrains_and_loads_as_bert_for_masked_lm(root):

@@ -11,7 +11,7 @@ from .corpora import (
     review_splits,
 )
 from .augment import NEGATION_WORDS, augment_dataset, augment_images, augment_text, is_negation
-from .datasets import ClassificationDataset, LMBlockDataset, collate
+from .datasets import ClassificationDataset, LengthGroupedBatchSampler, LMBlockDataset, collate
 from .quality import (
     NearDuplicate,
     char_shingles,
@@ -44,6 +44,7 @@ __all__ = [
     "DigitSplits",
     "DigitsDataset",
     "ClassificationDataset",
+    "LengthGroupedBatchSampler",
     "LMBlockDataset",
     "ReviewSplits",
     "ReviewStats",

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 
 def _encoder(tokenizer, max_len: int):
@@ -83,6 +83,51 @@ class ClassificationDataset(Dataset):
     def collate(self, batch: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
         """Pad a batch dynamically to its longest example with this dataset's pad id (use as collate_fn)."""
         return collate(batch, pad_id=self.pad_id)
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Batches of examples of similar length, so per-batch padding wastes little compute.
+
+    With `shuffle`, each epoch shuffles all indices with (seed, epoch), cuts them into pools of `pool_batches`
+    batches, sorts each pool by length, cuts it into batches and shuffles the batch order: batches stay random
+    across the epoch while their members are alike in length. Without it, batches follow the length order (for
+    evaluation, where order does not matter). `set_epoch` is called by the Trainer at every pass.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True, pool_batches: int = 50,
+                 seed: int = 0) -> None:
+        if len(lengths) == 0:
+            raise ValueError("lengths is empty")
+        for name, value in (("batch_size", batch_size), ("pool_batches", pool_batches)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.lengths = torch.as_tensor(list(lengths))
+        self.batch_size, self.shuffle, self.pool_batches, self.seed = batch_size, shuffle, pool_batches, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass's order a function of (seed, epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self):
+        n, b = len(self.lengths), self.batch_size
+        if not self.shuffle:
+            order = torch.sort(self.lengths, stable=True).indices.tolist()
+            yield from (order[i:i + b] for i in range(0, n, b))
+            return
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(n, generator=g)
+        pool = b * self.pool_batches
+        batches = []
+        for start in range(0, n, pool):
+            chunk = order[start:start + pool]
+            chunk = chunk[torch.sort(self.lengths[chunk], stable=True).indices].tolist()
+            batches += [chunk[i:i + b] for i in range(0, len(chunk), b)]
+        for i in torch.randperm(len(batches), generator=g).tolist():
+            yield batches[i]
 
 
 class LMBlockDataset(Dataset):
