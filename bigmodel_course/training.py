@@ -308,6 +308,18 @@ class Trainer:
         else:
             self.history.append({"step": self.step, **values})
 
+    def epochs_done(self) -> float:
+        """Passes over train_loader completed so far, the one in progress as a fraction (15.0 after 15 whole
+        epochs, 3.25 a quarter into the fourth); whole passes only for a loader without a length.
+
+        This is the `epoch` of a history record; the resume state keeps the 0-based `epoch` of the pass in
+        progress and its `batch_in_epoch` unchanged."""
+        try:
+            n = len(self.train_loader)
+        except TypeError:
+            return float(self.epoch)
+        return self.epoch + self.batch_in_epoch / n if n else float(self.epoch)
+
     def train_step(self) -> tuple[float, float]:
         """One optimizer step over grad_accum_steps micro-batches; returns (mean loss, grad norm)."""
         k = self.config.grad_accum_steps
@@ -358,7 +370,7 @@ class Trainer:
                 norms.append(norm)
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == self.max_steps:
-                    self._record(epoch=self.epoch, lr=lr, train_loss=sum(losses) / len(losses),
+                    self._record(epoch=self.epochs_done(), lr=lr, train_loss=sum(losses) / len(losses),
                                  grad_norm=max(norms))
                     bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}", lr=f"{lr:.2e}")
                     losses, norms = [], []
