@@ -1,21 +1,138 @@
-"""Chapter 4's supervised digit classifier (ResNet-18 for 8×8 images), trained once per profile and cached."""
+"""Chapter 4's digit classifiers: the RBF-SVM baseline tuned on validation, one training recipe for any digits
+model (`fit_digits`), and the supervised ResNet-18 for 8×8 images, trained once per profile and cached."""
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from .data.vision import DigitsDataset, digits_augmentation, digits_splits
+from .data.vision import DigitSplits, DigitsDataset, digits_augmentation, digits_splits
 from .evaluation import accuracy, classification_metrics
 from .model_cache import HISTORY_FILE, load_or_train, publish, read_json, read_meta, read_weights, write_model_files
 from .training import Trainer, TrainConfig
 from .utils import cache_dir, get_profile, seed_everything
-from .vision import ResNetForImageClassification
+from .vision import ResNetForImageClassification, ViTConfig
+
+SVM_GAMMAS = (0.0005, 0.001, 0.002, 0.005)
+SVM_CS = (1.0, 3.0, 10.0)
+
+
+@dataclass
+class SvmResult:
+    """An RBF SVM whose (gamma, C) was chosen on the validation split, refitted on train + validation."""
+
+    gamma: float
+    c: float
+    val_accuracy: dict[tuple[float, float], float]  # (gamma, C) -> accuracy on validation, fitted on train only
+    model: object = field(repr=False)  # sklearn.svm.SVC fitted on train + validation with the chosen pair
+    seconds: float = 0.0  # time of the final fit
+
+
+def tuned_svm(splits: DigitSplits, gammas: tuple[float, ...] = SVM_GAMMAS,
+              cs: tuple[float, ...] = SVM_CS) -> SvmResult:
+    """Fit an RBF SVM on the raw training pixels for every (gamma, C), keep the pair with the best validation accuracy
+    (ties go to the smaller gamma, then the smaller C: the smoother boundary), refit it on train + validation.
+
+    The test split is not touched; score the returned model on it once."""
+    from sklearn.svm import SVC
+
+    if not gammas or not cs:
+        raise ValueError("gammas and cs must each name at least one value")
+    if any(not v > 0 for v in (*gammas, *cs)):
+        raise ValueError(f"gammas and cs must be positive, got {gammas} and {cs}")
+    x_train, x_val = splits.x_train.reshape(len(splits.x_train), -1), splits.x_val.reshape(len(splits.x_val), -1)
+    scores = {(g, c): float((SVC(kernel="rbf", gamma=g, C=c).fit(x_train, splits.y_train).predict(x_val)
+                             == splits.y_val).mean()) for g in gammas for c in cs}
+    gamma, c = max(scores, key=lambda k: (scores[k], -k[0], -k[1]))
+    start = time.perf_counter()
+    model = SVC(kernel="rbf", gamma=gamma, C=c).fit(np.concatenate([x_train, x_val]),
+                                                      np.concatenate([splits.y_train, splits.y_val]))
+    return SvmResult(gamma, c, scores, model, time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class FitRecipe:
+    """How `fit_digits` trains a model: AdamW, 5 % warm-up + cosine, one validation pass per epoch, the weights of the
+    best validation accuracy restored; `augment` applies `digits_augmentation` to the training images."""
+
+    epochs: int
+    lr: float
+    weight_decay: float
+    augment: bool
+    patience: int | None = 10  # epochs without a better validation accuracy before stopping; None: run all
+    batch_size: int = 64
+
+
+# Chapter 4's ViTs: the plain patch-embedding ViT, and the one with a convolutional stem that the diagnosis leads to
+VIT_PATCH = (ViTConfig(patch_size=2, d_model=64, n_heads=4, n_layers=4, dropout=0.2),
+             FitRecipe(epochs=40, lr=2e-3, weight_decay=0.1, augment=False))
+VIT_CONV_STEM = (ViTConfig(patch_size=2, d_model=64, n_heads=4, n_layers=4, dropout=0.0, stem_channels=(32, 32)),
+                 FitRecipe(epochs=60, lr=2e-3, weight_decay=0.05, augment=True, patience=20))
+
+
+@dataclass
+class FitResult:
+    """A model trained by `fit_digits` (eval mode) with its trainer, training seconds, and accuracies on the training
+    images (no augmentation, eval mode: no dropout) and on validation (the best evaluation)."""
+
+    model: nn.Module
+    trainer: Trainer
+    seconds: float
+    train_accuracy: float
+    val_accuracy: float
+
+    @property
+    def epochs_run(self) -> int:
+        """Epochs trained (fewer than the recipe's when stopped early)."""
+        return math.ceil(self.trainer.step / len(self.trainer.train_loader))
+
+    @property
+    def best_epoch(self) -> int:
+        """The epoch whose weights were restored (1-based)."""
+        return math.ceil(self.trainer.best_step / len(self.trainer.train_loader))
+
+
+@torch.no_grad()
+def dataset_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> float:
+    """Accuracy of `model` (put in eval mode) on a dataset of {"pixel_values", "labels"} items."""
+    model.eval()
+    device = next(model.parameters()).device
+    preds, labels = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        preds.append(model(batch["pixel_values"].to(device)).logits.argmax(-1).cpu())
+        labels.append(batch["labels"])
+    return accuracy(torch.cat(preds), torch.cat(labels))
+
+
+def fit_digits(model: nn.Module, splits: DigitSplits, recipe: FitRecipe, seed: int = 0, n_train: int | None = None,
+               progress: bool = False) -> FitResult:
+    """Train `model` on the training part (its first `n_train` images when given) with `recipe`, selecting the
+    weights on the validation part; the test part is not touched."""
+    if n_train is not None and not 0 < n_train <= len(splits.y_train):
+        raise ValueError(f"n_train must be in [1, {len(splits.y_train)}], got {n_train}")
+    keep = slice(None) if n_train is None else slice(n_train)
+    x, y = splits.x_train[keep], splits.y_train[keep]
+    train = DigitsDataset(x, y, splits.mean, splits.std, transform=digits_augmentation() if recipe.augment else None)
+    val = DigitsDataset(splits.x_val, splits.y_val, splits.mean, splits.std)
+    loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True)
+    steps = recipe.epochs * len(loader)
+    config = TrainConfig(lr=recipe.lr, weight_decay=recipe.weight_decay, epochs=recipe.epochs,
+                         warmup_steps=max(1, steps // 20), eval_every=len(loader), monitor="eval_accuracy",
+                         mode="max", early_stopping_patience=recipe.patience, restore_best=True, progress=progress,
+                         seed=seed)
+    trainer = Trainer(model, config, loader, DataLoader(val, batch_size=512), metrics_fn=classification_metrics)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    train_accuracy = dataset_accuracy(model, DigitsDataset(x, y, splits.mean, splits.std))
+    return FitResult(model.eval(), trainer, seconds, train_accuracy, float(trainer.best_metric))
 
 
 @dataclass(frozen=True)
@@ -55,14 +172,6 @@ def digits_dir(profile: str | None = None, root: Path | None = None) -> Path:
     return (root or cache_dir("digits")) / f"resnet18-{get_profile(profile).name}"
 
 
-@torch.no_grad()
-def _test_accuracy(model: torch.nn.Module, dataset: DigitsDataset) -> float:
-    model.eval()
-    loader = DataLoader(dataset, batch_size=512)
-    pred = torch.cat([model(b["pixel_values"]).logits.argmax(-1) for b in loader])
-    return accuracy(pred, dataset.labels)
-
-
 def train_digits_classifier(profile: str | None = None, root: Path | None = None, progress: bool = False) -> Path:
     """Train ResNet-18 on the digits training part with Chapter 4's recipe, publish it atomically, return the folder."""
     name = get_profile(profile).name
@@ -87,7 +196,7 @@ def train_digits_classifier(profile: str | None = None, root: Path | None = None
     seconds = time.perf_counter() - start
     model = model.cpu().eval()
     meta = {"profile": name, "recipe": recipe.__dict__, "architecture": "resnet18_small",
-            "test_accuracy": _test_accuracy(model, test), "val_accuracy": float(trainer.best_metric),
+            "test_accuracy": dataset_accuracy(model, test), "val_accuracy": float(trainer.best_metric),
             "steps": trainer.step, "epochs": math.ceil(trainer.step / len(train_loader)),  # epochs run
             "steps_per_epoch": len(train_loader),
             "best_step": trainer.best_step, "stopped_early": trainer.should_stop, "train_seconds": round(seconds, 1),

@@ -1,5 +1,6 @@
-"""Vision models for small images: a Vision Transformer built from the package's Transformer blocks,
-and torchvision's ResNet-18 adapted to 8×8 inputs; both return a ModelOutput (logits, loss)."""
+"""Vision models for small images: a Vision Transformer built from the package's Transformer blocks (linear patch
+embedding, or a convolutional stem before it), and torchvision's ResNet-18 adapted to 8×8 inputs; both return a
+ModelOutput (logits, loss)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ from .transformer import (ACTIVATIONS, ModelOutput, TransformerBlock, Transforme
 
 @dataclass
 class ViTConfig:
-    """Sizes of a Vision Transformer (ViT-style: patch embedding, [CLS] token, learned positions, pre-LN)."""
+    """Sizes of a Vision Transformer (ViT-style: patch embedding, [CLS] token, learned positions, pre-LN).
+
+    stem_channels: empty for the original linear patch embedding; otherwise the widths of 3×3 stride-1
+    convolutions (each with batch norm and ReLU) run before the patch embedding, a convolutional stem as in
+    Xiao et al. 2021, "Early convolutions help transformers see better"."""
 
     image_size: int = 8
     patch_size: int = 2
@@ -28,10 +33,14 @@ class ViTConfig:
     attn_dropout: float = 0.0
     activation: str = "gelu"
     layer_norm_eps: float = 1e-6
+    stem_channels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
+        self.stem_channels = tuple(self.stem_channels)  # a list after a JSON round trip
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in self.stem_channels):
+            raise ValueError(f"stem_channels must be positive ints, got {self.stem_channels!r}")
         for name in ("image_size", "patch_size", "in_channels", "num_classes", "d_model", "n_heads", "n_layers",
                      "d_ff"):
             if getattr(self, name) <= 0:
@@ -59,7 +68,9 @@ class ViTConfig:
 
     def to_dict(self) -> dict:
         """Plain dict for JSON."""
-        return asdict(self)
+        data = asdict(self)
+        data["stem_channels"] = list(self.stem_channels)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "ViTConfig":
@@ -70,15 +81,26 @@ class ViTConfig:
         return cls(**data)
 
 
+def conv_stem(in_channels: int, channels: tuple[int, ...]) -> nn.Sequential:
+    """3×3 stride-1 convolutions with batch norm and ReLU (size-preserving); empty when channels is empty."""
+    layers: list[nn.Module] = []
+    for c in channels:
+        layers += [nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
+        in_channels = c
+    return nn.Sequential(*layers)
+
+
 class ViT(nn.Module):
-    """Vision Transformer: non-overlapping patches → linear embedding, [CLS] + learned positions,
-    pre-LN encoder blocks, final LayerNorm, linear classifier on [CLS]."""
+    """Vision Transformer: [optional convolutional stem →] non-overlapping patches → linear embedding,
+    [CLS] + learned positions, pre-LN encoder blocks, final LayerNorm, linear classifier on [CLS]."""
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         self.cfg = cfg
         block = cfg.block_config()
-        self.patch_embed = nn.Conv2d(cfg.in_channels, cfg.d_model, cfg.patch_size, stride=cfg.patch_size)
+        self.stem = conv_stem(cfg.in_channels, cfg.stem_channels)
+        embed_in = cfg.stem_channels[-1] if cfg.stem_channels else cfg.in_channels
+        self.patch_embed = nn.Conv2d(embed_in, cfg.d_model, cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
         self.position = nn.Parameter(torch.zeros(1, cfg.n_patches + 1, cfg.d_model))
         self.drop = nn.Dropout(cfg.dropout)
@@ -104,7 +126,7 @@ class ViT(nn.Module):
             )
         if not pixel_values.is_floating_point():
             raise ValueError(f"pixel_values must be floating point, got {pixel_values.dtype}")
-        x = self.patch_embed(pixel_values).flatten(2).transpose(1, 2)  # (B, patches, d)
+        x = self.patch_embed(self.stem(pixel_values)).flatten(2).transpose(1, 2)  # (B, patches, d)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.position
         x = self.drop(x)
         attentions = []

@@ -47,3 +47,51 @@ def test_missing_or_corrupt_cache_is_reported(tmp_path, trained):
             load_digits_classifier("ci", root=root)
     finally:
         (clf.path / "meta.json").write_bytes(meta)
+
+
+# ---------------------------------------------------------------- tuned SVM, fit_digits
+
+
+def test_tuned_svm_chooses_on_validation_and_never_reads_the_test_split():
+    import dataclasses
+
+    import numpy as np
+    from sklearn.svm import SVC
+
+    from bigmodel_course.digits_classifier import tuned_svm
+
+    splits = digits_splits()
+    poisoned = dataclasses.replace(splits, x_test=np.full_like(splits.x_test, np.nan))  # SVC would fail on NaN
+    result = tuned_svm(poisoned, gammas=(0.0005, 0.001, 0.05), cs=(1.0, 10.0))
+    x_tr, x_va = splits.x_train.reshape(-1, 64), splits.x_val.reshape(-1, 64)
+    for (g, c), score in result.val_accuracy.items():
+        assert score == pytest.approx((SVC(gamma=g, C=c).fit(x_tr, splits.y_train).predict(x_va) == splits.y_val)
+                                      .mean())
+    best = max(result.val_accuracy.values())
+    assert result.val_accuracy[result.gamma, result.c] == best
+    assert result.val_accuracy[0.05, 1.0] < best  # a far too narrow kernel loses on validation
+    ties = [k for k, v in result.val_accuracy.items() if v == best]
+    assert (result.gamma, result.c) == min(ties)  # ties: smaller gamma, then smaller C
+    assert result.model.shape_fit_ == (len(x_tr) + len(x_va), 64)  # refitted on train + validation
+    with pytest.raises(ValueError, match="must be positive"):
+        tuned_svm(splits, gammas=(0.0,))
+
+
+def test_fit_digits_reports_train_and_validation_accuracy():
+    from bigmodel_course.digits_classifier import FitRecipe, dataset_accuracy, fit_digits
+    from bigmodel_course.utils import seed_everything
+    from bigmodel_course.vision import ViT, ViTConfig
+
+    splits = digits_splits()
+    seed_everything(0)
+    model = ViT(ViTConfig(patch_size=4, d_model=16, n_heads=2, n_layers=1, dropout=0.5, stem_channels=(4,)))
+    result = fit_digits(model, splits, FitRecipe(epochs=2, lr=3e-3, weight_decay=0.0, augment=True, patience=None),
+                        n_train=100)
+    assert not result.model.training and result.epochs_run == 2 and 1 <= result.best_epoch <= 2
+    plain = DigitsDataset(splits.x_train[:100], splits.y_train[:100], splits.mean, splits.std)
+    assert result.train_accuracy == pytest.approx(dataset_accuracy(model, plain))  # eval mode: no dropout, no noise
+    val = DigitsDataset(splits.x_val, splits.y_val, splits.mean, splits.std)
+    assert result.val_accuracy == pytest.approx(dataset_accuracy(model, val))  # the restored (best) weights
+    assert [r.get("epoch") for r in result.trainer.history if "train_loss" in r] == [2.0]  # logged at the end
+    with pytest.raises(ValueError, match="n_train must be in"):
+        fit_digits(model, splits, FitRecipe(epochs=1, lr=1e-3, weight_decay=0.0, augment=False), n_train=0)

@@ -350,3 +350,54 @@ def test_vit_initialisation_balances_patches_and_positions():
     assert abs(float(w.std()) - 0.02) < 0.004  # N(0, 0.02), not the default ~U(-0.5, 0.5) for 2×2 patches
     assert torch.count_nonzero(model.patch_embed.bias) == 0
     assert abs(float(model.position.detach().std()) - 0.02) < 0.004
+
+
+# ---------------------------------------------------------------- ViT with a convolutional stem
+
+
+def test_conv_stem_vit_is_stem_then_patch_vit():
+    """The conv-stem ViT equals 3×3 conv → batch norm → ReLU layers written with torch.nn.functional, followed by a
+    plain patch-embedding ViT (with as many input channels as the stem's last layer) holding the same weights."""
+    import json
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(d_model=32, n_heads=4, n_layers=2, dropout=0.0, stem_channels=(8, 6))
+    ours = _perturbed(ViT(cfg))
+    with torch.no_grad():  # non-trivial running statistics, so eval-mode batch norm is not the identity
+        for m in ours.stem:
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    plain = ViT(ViTConfig(**{**cfg.to_dict(), "in_channels": 6, "stem_channels": ()})).eval()
+    own = ours.state_dict()
+    plain.load_state_dict({k: v for k, v in own.items() if not k.startswith("stem.")})
+
+    def stem(x):
+        for i in (0, 3):
+            conv, bn = ours.stem[i], ours.stem[i + 1]
+            x = F.conv2d(x, conv.weight, padding=1)
+            x = F.relu(F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, eps=bn.eps))
+        return x
+
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        out = ours(x)
+        torch.testing.assert_close(out.logits, plain(stem(x)).logits, atol=1e-5, rtol=0)
+        ours.stem[0].weight[0, 0, 1, 1] += 1.0  # the comparison can fail: the stem's weights matter
+        assert not torch.allclose(ours(x).logits, out.logits, atol=1e-5)
+    assert cfg.n_patches == 16 and out.last_hidden_state.shape == (3, 17, 32)  # the stem keeps 8×8: 16 tokens
+    assert ViTConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # a list after JSON, a tuple again
+
+
+def test_patch_vit_has_no_stem_weights():
+    """Without stem_channels the model is the original ViT: no stem parameters, the same keys as before."""
+    keys = ViT(ViTConfig(d_model=16, n_heads=2, n_layers=1)).state_dict()
+    assert not any(k.startswith("stem.") for k in keys) and keys["patch_embed.weight"].shape == (16, 1, 2, 2)
+
+
+@pytest.mark.parametrize("channels", [(0,), (8, -1), (True,), (2.5,)])
+def test_vit_config_rejects_bad_stem(channels):
+    with pytest.raises(ValueError, match="stem_channels must be positive ints"):
+        ViTConfig(stem_channels=channels)
