@@ -291,3 +291,24 @@ def summarise(runs: list[TransferRun]) -> list[TransferSummary]:
         out.append(TransferSummary(k, len(seeds), statistics.fmean(scratch), _sd(scratch), statistics.fmean(pre),
                                    _sd(pre), statistics.fmean(diff), _sd(diff), min(diff)))
     return out
+
+
+@torch.no_grad()
+def pooled_features(model: nn.Module, part: ClassPart, mean: float, std: float) -> np.ndarray:
+    """The model's pooled representation (ModelOutput.pooled, eval mode) of every image of a part, (N, d)."""
+    model.eval()
+    out = model(part.dataset(mean, std).images.sub(mean).div(std))
+    if getattr(out, "pooled", None) is None:
+        raise ValueError(f"{type(model).__name__} returns no pooled representation")
+    return out.pooled.numpy()
+
+
+def linear_probe(model: nn.Module, data: TransferData, rows: np.ndarray, c: float = 1.0) -> float:
+    """Test accuracy of a logistic regression (regularisation C=c) fitted on the frozen model's pooled features of
+    the target pool's labelled `rows`: how much the features alone separate the target classes."""
+    from sklearn.linear_model import LogisticRegression
+
+    train = pooled_features(model, data.target_pool, data.mean, data.std)[rows]
+    clf = LogisticRegression(C=c, max_iter=5000).fit(train, data.target_pool.y[rows])
+    test = pooled_features(model, data.target_test, data.mean, data.std)
+    return float((clf.predict(test) == data.target_test.y).mean())

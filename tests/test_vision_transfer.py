@@ -117,3 +117,30 @@ def test_summary_pairs_seeds():
     assert five.n_seeds == 1 and math.isnan(five.diff_sd)
     with pytest.raises(ValueError, match=r"no run for \[\('pretrained', 2\)\]"):
         summarise(runs + [_run(10, 2, "scratch", 0.5)])
+
+
+def test_linear_probe_is_logistic_regression_on_the_pooled_features(data):
+    """With a "model" whose pooled output is the normalised pixels, the probe equals scikit-learn's logistic
+    regression on the labelled pixels; with constant features it can do no better than one class."""
+    from sklearn.linear_model import LogisticRegression
+
+    from bigmodel_course.transformer import ModelOutput
+    from bigmodel_course.vision_transfer import linear_probe
+
+    class Pixels(torch.nn.Module):
+        def __init__(self, constant: bool) -> None:
+            super().__init__()
+            self.constant = constant
+
+        def forward(self, x):
+            feats = torch.ones(len(x), 3) if self.constant else x.flatten(1)
+            return ModelOutput(pooled=feats, logits=feats)
+
+    rows = labelled_subset(data.target_pool.y, 3, seed=0)
+    pixels = lambda part: ((part.x - data.mean) / data.std).reshape(len(part.x), -1)  # noqa: E731
+    reference = LogisticRegression(C=1.0, max_iter=5000).fit(pixels(data.target_pool)[rows], data.target_pool.y[rows])
+    expected = (reference.predict(pixels(data.target_test)) == data.target_test.y).mean()
+    assert linear_probe(Pixels(constant=False), data, rows) == pytest.approx(expected)
+    assert expected > 0.5  # three images per class already separate most test digits
+    majority = np.bincount(data.target_test.y).max() / len(data.target_test.y)
+    assert linear_probe(Pixels(constant=True), data, rows) <= majority + 1e-9
