@@ -65,9 +65,10 @@ class LabelEfficiencySpec:
 
 
 LABEL_EFFICIENCY_SPECS = {
-    "ci": LabelEfficiencySpec((40, None), (0, 1), (5e-4, 1e-3), 200, 100,
+    "ci": LabelEfficiencySpec((40, 80), (0, 1), (5e-4, 1e-3), 200, 100,
                               FinetuneSpec(64, 16, 5e-4, 12, 4, 2, 2)),
-    "full": LabelEfficiencySpec((100, 250, 500, 1000, 2000, None), (0, 1, 2), (3e-4, 1e-3), None, 600,
+    # every training review (None) is Chapter 4's project, run there with the same protocol
+    "full": LabelEfficiencySpec((100, 250, 500, 1000, 2000), (0, 1, 2), (3e-4, 1e-3), None, 600,
                                 FinetuneSpec(128, 32, 3e-4, 3000, 25, 6, 10)),
 }
 
