@@ -4,7 +4,7 @@ the cached sentiment classifier that later chapters (compression, deployment) st
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader
 
-from .data import ClassificationDataset, LengthGroupedBatchSampler, review_splits
+from .data import ClassificationDataset, review_splits
 from .evaluation import accuracy
 from .model_cache import load_or_train, publish, write_model_files
 from .pretrained import Pretrained, load_pretrained, read_model_folder
@@ -25,56 +25,38 @@ from .utils import cache_dir, get_profile, seed_everything
 
 @dataclass(frozen=True)
 class FinetuneSpec:
-    """Sizes and hyper-parameters of one fine-tuning run.
-
-    With validation data a run stops when validation accuracy has not improved for `patience` evaluations (one
-    every `eval_every` optimizer steps), or at the `max_steps` cap, and the best weights are restored: how long
-    a run trains is decided by the data, not by a minimum step count. Without validation data it trains
-    `max_steps` steps.
-    """
+    """Sizes and hyper-parameters of one fine-tuning run."""
 
     max_len: int
     batch_size: int
-    lr: float
+    epochs: int  # passes over the labelled data, clamped to [min_steps, max_steps] optimizer steps
+    min_steps: int
     max_steps: int
-    eval_every: int
-    patience: int
-    warmup_steps: int = 10
-
-    def __post_init__(self) -> None:
-        for name in ("max_len", "batch_size", "max_steps", "eval_every", "patience"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be a non-negative int, got {self.warmup_steps!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+    lr: float
+    eval_every: int  # optimizer steps between validation evaluations
+    patience: int  # evaluations without improvement before stopping early
 
 
 @dataclass(frozen=True)
 class LabelEfficiencySpec:
-    """The label-efficiency experiment of one profile: label counts, seeds, learning rates tried, evaluation."""
+    """The label-efficiency experiment in one profile: label counts, evaluation sizes, fine-tuning."""
 
-    label_counts: tuple[int | None, ...]  # None: every training review
-    seeds: tuple[int, ...]  # each seed draws its own labelled subset, initialisation and batch order
-    lrs: tuple[float, ...]  # tried per (label count, initialisation) with the first seed; best on validation wins
+    label_counts: tuple[int, ...]
     n_test: int | None  # None: the whole fixed test split
-    n_val: int  # validation reviews for every choice (step, learning rate, C); never the test split
-    finetune: FinetuneSpec  # its lr is replaced by the chosen one
+    n_val: int  # validation reviews for model selection (never the test split)
+    finetune: FinetuneSpec
 
 
 LABEL_EFFICIENCY_SPECS = {
-    "ci": LabelEfficiencySpec((40, None), (0, 1), (5e-4, 1e-3), 200, 100,
-                              FinetuneSpec(64, 16, 5e-4, 12, 4, 2, 2)),
-    "full": LabelEfficiencySpec((100, 250, 500, 1000, 2000, None), (0, 1, 2), (3e-4, 1e-3), None, 600,
-                                FinetuneSpec(128, 32, 3e-4, 3000, 25, 6, 10)),
+    "ci": LabelEfficiencySpec((40, 80), 200, 100, FinetuneSpec(64, 16, 2, 5, 10, 5e-4, 5, 2)),
+    "full": LabelEfficiencySpec((250, 500, 1000, 2000), None, 600,
+                                FinetuneSpec(128, 32, 10, 150, 500, 3e-4, 25, 6)),
 }
 
 # Fine-tuning on the whole training split (Chapter 4's text-classification project).
 PROJECT_SPECS = {
-    "ci": FinetuneSpec(64, 16, 5e-4, 12, 6, 2, 2),
-    "full": FinetuneSpec(128, 32, 2e-4, 3000, 80, 4, 30),
+    "ci": FinetuneSpec(64, 16, 1, 5, 12, 5e-4, 6, 2),
+    "full": FinetuneSpec(128, 32, 2, 100, 800, 2e-4, 80, 3),
 }
 
 
@@ -157,145 +139,74 @@ def predict(model: torch.nn.Module, loader: DataLoader) -> tuple[torch.Tensor, t
     return torch.cat(logits), torch.cat(trues)
 
 
-def text_loader(data: tuple[list, list], tokenizer, max_len: int, batch_size: int = 128, shuffle: bool = False,
-                by_length: bool = False, seed: int = 0) -> DataLoader:
-    """A DataLoader of (texts, labels) tokenized and padded per batch like ClassificationDataset.
-
-    `by_length` groups texts of similar length into batches (LengthGroupedBatchSampler: random batches with
-    `shuffle`, length order without): far less padding, but the order is no longer the data's, so use it where
-    order does not matter (training, validation metrics), not for predictions read back against the texts."""
+def text_loader(data: tuple[list, list], tokenizer, max_len: int, batch_size: int = 128,
+                shuffle: bool = False) -> DataLoader:
+    """A DataLoader of (texts, labels) tokenized and padded per batch like ClassificationDataset."""
     ds = ClassificationDataset(*data, tokenizer, max_len)
-    if by_length:
-        sampler = LengthGroupedBatchSampler([len(ids) for ids in ds.ids], batch_size, shuffle=shuffle, seed=seed)
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=ds.collate)
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=ds.collate)
 
 
-def finetune(model, tokenizer: CharTokenizer, train: tuple[list, list], test: tuple[list, list] | None,
+def finetune(model, tokenizer: CharTokenizer, train: tuple[list, list], test: tuple[list, list],
              spec: FinetuneSpec, seed: int = 0, progress: bool = False, val: tuple[list, list] | None = None) -> dict:
-    """Fine-tune `model` on the labelled texts; returns steps, the best step, seconds, history, the model and,
-    when `test` is given, its test accuracy and logits (in the order of the test texts).
+    """Fine-tune `model` on the labelled texts and return test accuracy, steps, seconds and history.
 
     With `val`, validation accuracy is measured every `spec.eval_every` steps; training stops after
-    `spec.patience` evaluations without improvement (or at `spec.max_steps`) and the best weights are restored.
-    The test split plays no part in training or selection.
+    `spec.patience` evaluations without improvement and the best validation weights are restored.
     """
     seed_everything(seed)
-    loader = text_loader(train, tokenizer, spec.max_len, spec.batch_size, shuffle=True, by_length=True, seed=seed)
-    selection, eval_loader, metrics_fn = {}, None, None
+    loader = text_loader(train, tokenizer, spec.max_len, spec.batch_size, shuffle=True)
+    steps = min(spec.max_steps, max(spec.min_steps, spec.epochs * len(loader)))
+    selection = {}
     if val is not None:
         selection = dict(eval_every=spec.eval_every, early_stopping_patience=spec.patience,
                          monitor="eval_accuracy", mode="max", restore_best=True)
-        eval_loader = text_loader(val, tokenizer, spec.max_len, 128, by_length=True)
-        metrics_fn = lambda logits, labels: {"accuracy": accuracy(logits.argmax(-1), labels)}  # noqa: E731
-    config = TrainConfig(lr=spec.lr, max_steps=spec.max_steps, warmup_steps=spec.warmup_steps, seed=seed,
-                         progress=progress, **selection)
-    trainer = Trainer(model, config, loader, eval_loader=eval_loader, metrics_fn=metrics_fn)
+    config = TrainConfig(lr=spec.lr, max_steps=steps, warmup_steps=steps // 10, seed=seed, progress=progress,
+                         **selection)
+    trainer = Trainer(model, config, loader,
+                      eval_loader=None if val is None else text_loader(val, tokenizer, spec.max_len, 128),
+                      metrics_fn=None if val is None else lambda logits, labels: {
+                          "accuracy": accuracy(logits.argmax(-1), labels)})
     start = time.perf_counter()
     history = trainer.train()
     seconds = time.perf_counter() - start
-    result = {"steps": trainer.step, "best_step": trainer.best_step, "val_accuracy": trainer.best_metric,
-              "seconds": seconds, "history": history, "model": trainer.model}
-    if test is not None:
-        logits, true = predict(trainer.model, text_loader(test, tokenizer, spec.max_len))
-        result.update(test_accuracy=accuracy(logits.argmax(-1), true), test_logits=logits)
-    return result
+    logits, true = predict(trainer.model, text_loader(test, tokenizer, spec.max_len))
+    return {"test_accuracy": accuracy(logits.argmax(-1), true), "steps": trainer.step, "best_step": trainer.best_step,
+            "seconds": seconds, "history": history, "model": trainer.model, "test_logits": logits}
 
 
-INITS = ("pretrained", "random")
+def label_efficiency(profile: str | None = None, kind: str = "bert", seed: int = 0,
+                     progress: bool = False) -> list[dict]:
+    """For each label count: test accuracy of the pre-trained and the randomly initialised `kind` ('bert' or 'gpt')
+    classifier, and of TF-IDF + LR.
 
-
-def label_efficiency(profile: str | None = None, kind: str = "gpt", pretrained: Pretrained | None = None,
-                     label_counts: tuple[int | None, ...] | None = None, inits: tuple[str, ...] = INITS,
-                     tfidf: bool = True, progress: bool = False) -> list[dict]:
-    """Every run of the label-efficiency experiment: one dict per (label count, initialisation, seed).
-
-    For each label count (None: all training reviews) and seed, every model sees the same stratified subset of
-    training reviews and the same validation reviews, and is scored once on the same fixed test split. The
-    learning rate of each (label count, initialisation) is chosen from `spec.lrs` on validation accuracy with the
-    first seed; the other seeds reuse it. Initialisations: 'pretrained' (the cached pre-trained `kind`, or
-    `pretrained` — for example an earlier checkpoint) and 'random'; with `tfidf`, TF-IDF + logistic regression
-    with C chosen on the same validation reviews ('tfidf').
-
-    Each dict: labels, init, seed, lr (or c), val_accuracy, test_accuracy, steps, best_step, seconds and, for
-    the first seed's choice, val_by_lr. Summarise with `summarize_label_efficiency`.
+    Every model sees the same stratified subset of training reviews, selects its best step on the same
+    validation reviews, and is scored on the same fixed test split.
     """
     profile = get_profile(profile).name
     le = LABEL_EFFICIENCY_SPECS[profile]
-    unknown = set(inits) - set(INITS)
-    if unknown:
-        raise ValueError(f"unknown initialisations {sorted(unknown)}; expected some of {INITS}")
-    pre = pretrained or load_pretrained(kind, profile, progress=progress)
-    cfg = pre.model.cfg
-    if le.finetune.max_len > cfg.max_len:
-        raise ValueError(f"fine-tuning length {le.finetune.max_len} exceeds the pre-trained context {cfg.max_len}")
+    spec = le.finetune
+    pre = load_pretrained(kind, profile, progress=progress)
     splits = review_splits(seed=0)
     test = (splits.test_texts, splits.test_labels)
     if le.n_test is not None:
-        test = labelled_subset(*test, le.n_test, 0)
-    val = labelled_subset(splits.val_texts, splits.val_labels, le.n_val, 0)
-    runs = []
-    for n in le.label_counts if label_counts is None else label_counts:
-        chosen: dict[str, float] = {}
-        for seed in le.seeds:
-            train = (splits.train_texts, splits.train_labels) if n is None else \
-                labelled_subset(splits.train_texts, splits.train_labels, n, seed)
-            base = {"labels": len(train[0]), "all": n is None, "seed": seed}
-            if tfidf:
-                t = tuned_tfidf(train, val, test)
-                runs.append({**base, "init": "tfidf", "c": t.c, "val_accuracy": t.val_accuracy[t.c],
-                             "test_accuracy": t.test_accuracy})
-            for init in inits:
-                start = pre if init == "pretrained" else None
-                if init not in chosen:  # first seed: try every learning rate, keep the best on validation
-                    tried = {lr: _finetune_run(start, cfg, pre.tokenizer, train, val, le.finetune, lr, seed, progress)
-                             for lr in le.lrs}
-                    chosen[init] = max(le.lrs, key=lambda lr: (tried[lr]["val_accuracy"], -lr))
-                    result = tried[chosen[init]]
-                    extra = {"val_by_lr": {lr: r["val_accuracy"] for lr, r in tried.items()}}
-                else:
-                    result = _finetune_run(start, cfg, pre.tokenizer, train, val, le.finetune, chosen[init], seed,
-                                           progress)
-                    extra = {}
-                logits, true = predict(result["model"], text_loader(test, pre.tokenizer, le.finetune.max_len))
-                runs.append({**base, "init": init, "lr": chosen[init], "val_accuracy": result["val_accuracy"],
-                             "test_accuracy": accuracy(logits.argmax(-1), true), "steps": result["steps"],
-                             "best_step": result["best_step"], "seconds": round(result["seconds"], 1), **extra})
-    return runs
-
-
-def _finetune_run(pretrained, cfg, tokenizer, train, val, spec: FinetuneSpec, lr: float, seed: int,
-                  progress: bool) -> dict:
-    """One fine-tuning run from `pretrained` (None: random initialisation drawn with `seed`), no test scoring."""
-    seed_everything(seed)
-    model = classifier_from(pretrained, cfg)
-    return finetune(model, tokenizer, train, None, replace(spec, lr=lr), seed, progress, val=val)
-
-
-def summarize_label_efficiency(runs: list[dict]) -> list[dict]:
-    """Per label count: mean, sample standard deviation, min and max test accuracy of every initialisation over
-    seeds, and the paired difference pretrained − random (same seed: same subset) with its spread."""
+        test = labelled_subset(*test, le.n_test, seed)
+    val = labelled_subset(splits.val_texts, splits.val_labels, le.n_val, seed)
+    cfg = pre.model.cfg
+    if spec.max_len > cfg.max_len:
+        raise ValueError(f"fine-tuning length {spec.max_len} exceeds the pre-trained context {cfg.max_len}")
     rows = []
-    for n in dict.fromkeys(r["labels"] for r in runs):
-        at = [r for r in runs if r["labels"] == n]
-        row = {"labels": n, "all": at[0]["all"]}
-        for init in dict.fromkeys(r["init"] for r in at):
-            row[init] = spread([r["test_accuracy"] for r in at if r["init"] == init])
-        by_seed = {(r["init"], r["seed"]): r["test_accuracy"] for r in at}
-        seeds = sorted({s for i, s in by_seed if i == "pretrained"} & {s for i, s in by_seed if i == "random"})
-        if seeds:
-            row["difference"] = spread([by_seed["pretrained", s] - by_seed["random", s] for s in seeds])
+    for n in le.label_counts:
+        train = labelled_subset(splits.train_texts, splits.train_labels, n, seed)
+        row = {"labels": n, "tfidf_lr": tfidf_baseline(*train, *test)}
+        for name, init in (("pretrained", pre), ("random", None)):
+            seed_everything(seed)
+            result = finetune(classifier_from(init, cfg), pre.tokenizer, train, test, spec, seed, progress, val=val)
+            row[name] = result["test_accuracy"]
+            row[f"{name}_seconds"] = round(result["seconds"], 1)
+            row[f"{name}_steps"] = result["steps"]
+            row[f"{name}_best_step"] = result["best_step"]
         rows.append(row)
     return rows
-
-
-def spread(values: list[float]) -> dict:
-    """mean, sample standard deviation (0 for one value), min, max and n of a list of numbers."""
-    if not values:
-        raise ValueError("no values to summarise")
-    t = torch.tensor(values, dtype=torch.float64)
-    sd = float(t.std()) if len(values) > 1 else 0.0
-    return {"mean": float(t.mean()), "sd": sd, "min": float(t.min()), "max": float(t.max()), "n": len(values)}
 
 
 SENTIMENT_KINDS = ("gpt", "bert")
