@@ -11,7 +11,7 @@ import copy
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -63,10 +63,8 @@ class PretrainSpec:
 SPECS: dict[tuple[str, str], PretrainSpec] = {
     ("bert", "ci"): PretrainSpec(1500, 64, 64, 2, 2, 16, 30, 1e-3, 5),
     ("gpt", "ci"): PretrainSpec(1500, 64, 64, 2, 2, 16, 30, 1e-3, 5),
-    # small-compute recipes measured in Chapter 2: no dropout (the models underfit), a larger batch and learning
-    # rate; BERT predicts 35 % of the characters with MLM alone (NSP adds little, see RoBERTa)
-    ("bert", "full"): PretrainSpec(None, 128, 128, 4, 4, 32, 1400, 1e-3, 70, dropout=0.0, mask_prob=0.35, nsp=False),
-    ("gpt", "full"): PretrainSpec(None, 128, 128, 4, 4, 32, 1400, 1e-3, 70, dropout=0.0),
+    ("bert", "full"): PretrainSpec(None, 128, 128, 4, 4, 32, 1000, 5e-4, 100),
+    ("gpt", "full"): PretrainSpec(None, 128, 128, 4, 4, 16, 1500, 5e-4, 100),
 }
 SNAPSHOTS = (0.25, 0.5)  # shares of the pre-training steps at which a copy of the weights is kept
 
@@ -235,12 +233,19 @@ def load_pretrained(kind: str, profile: str | None = None, root: Path | None = N
         model, tokenizer, meta = read_model_folder(folder, cfg_cls, build)
         return Pretrained(model, tokenizer, read_json(folder, HISTORY_FILE), meta, folder)
 
-    def stale(folder: Path) -> bool:  # trained with another recipe than SPECS holds now
-        return read_meta(folder).get("spec") != asdict(SPECS[(kind, profile)])
+    def stale(folder: Path) -> bool:
+        return not same_recipe(read_meta(folder).get("spec", {}), SPECS[(kind, profile)])
 
     return load_or_train(model_dir(kind, profile, root), lambda: pretrain(kind, profile, root, progress), read,
                          what=f"pre-trained {kind}", train_if_missing=train_if_missing, stale=stale,
                          missing_hint=f"; run `bigmodel-course pretrain --model {kind} --profile {profile}`")
+
+
+def same_recipe(stored: dict, spec: PretrainSpec) -> bool:
+    """True when a cached model's recorded spec is `spec`; fields it does not record (it predates them) count
+    as their defaults, which reproduce what was trained before they existed."""
+    defaults = {f.name: f.default for f in fields(PretrainSpec) if f.default is not MISSING}
+    return {**defaults, **stored} == asdict(spec)
 
 
 def load_snapshot(pre: Pretrained, step: int) -> Pretrained:
