@@ -11,7 +11,7 @@ import copy
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -235,12 +235,19 @@ def load_pretrained(kind: str, profile: str | None = None, root: Path | None = N
         model, tokenizer, meta = read_model_folder(folder, cfg_cls, build)
         return Pretrained(model, tokenizer, read_json(folder, HISTORY_FILE), meta, folder)
 
-    def stale(folder: Path) -> bool:  # trained with another recipe than SPECS holds now
-        return read_meta(folder).get("spec") != asdict(SPECS[(kind, profile)])
+    def stale(folder: Path) -> bool:
+        return not same_recipe(read_meta(folder).get("spec", {}), SPECS[(kind, profile)])
 
     return load_or_train(model_dir(kind, profile, root), lambda: pretrain(kind, profile, root, progress), read,
                          what=f"pre-trained {kind}", train_if_missing=train_if_missing, stale=stale,
                          missing_hint=f"; run `bigmodel-course pretrain --model {kind} --profile {profile}`")
+
+
+def same_recipe(stored: dict, spec: PretrainSpec) -> bool:
+    """True when a cached model's recorded spec is `spec`; fields it does not record (it predates them) count
+    as their defaults, which reproduce what was trained before they existed."""
+    defaults = {f.name: f.default for f in fields(PretrainSpec) if f.default is not MISSING}
+    return {**defaults, **stored} == asdict(spec)
 
 
 def load_snapshot(pre: Pretrained, step: int) -> Pretrained:

@@ -14,6 +14,7 @@ from bigmodel_course.pretrained import (
     corpus,
     load_pretrained,
     load_snapshot,
+    same_recipe,
     model_dir,
     nsp_documents,
     pretrain,
@@ -98,6 +99,13 @@ def test_snapshots_are_the_same_run_earlier(root):
     assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[1], outs[2])
     with pytest.raises(ValueError, match=r"no snapshot at step 9 .*snapshots: \[8, 15\]"):
         load_snapshot(final, 9)
+
+
+def test_a_spec_recorded_before_a_field_existed_is_the_same_recipe():
+    spec = SPECS[("bert", "full")]
+    old = {k: v for k, v in spec.__dict__.items() if k not in ("dropout", "mask_prob", "nsp")}
+    assert same_recipe(old, spec) and same_recipe(dict(spec.__dict__), spec)
+    assert not same_recipe({**old, "mask_prob": 0.35}, spec) and not same_recipe({**old, "max_steps": 1}, spec)
 
 
 def test_a_cached_model_of_another_recipe_is_trained_again(root, monkeypatch):
