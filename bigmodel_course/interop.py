@@ -268,10 +268,70 @@ def encoder_from_hf(hf_model) -> TransformerEncoder | EncoderForMaskedLM | Encod
     return model.eval()
 
 
+def _prelayernorm_pairs(n_layers: int) -> list[tuple[str, str]]:
+    """(our key, RobertaPreLayerNormForMaskedLM key) pairs for all but Q/K/V and the offset position table."""
+    r, e = "roberta_prelayernorm.", "roberta_prelayernorm.embeddings."
+    pairs = [("encoder.stack.embeddings.word.weight", e + "word_embeddings.weight"),
+             ("encoder.stack.embeddings.token_type.weight", e + "token_type_embeddings.weight"),
+             ("encoder.stack.embeddings.norm.weight", e + "LayerNorm.weight"),
+             ("encoder.stack.embeddings.norm.bias", e + "LayerNorm.bias"),
+             ("encoder.stack.final_norm.weight", r + "LayerNorm.weight"),
+             ("encoder.stack.final_norm.bias", r + "LayerNorm.bias"),
+             ("mlm_head.dense.weight", "lm_head.dense.weight"), ("mlm_head.dense.bias", "lm_head.dense.bias"),
+             ("mlm_head.norm.weight", "lm_head.layer_norm.weight"), ("mlm_head.norm.bias", "lm_head.layer_norm.bias"),
+             ("mlm_head.decoder.weight", "lm_head.decoder.weight"), ("mlm_head.decoder.bias", "lm_head.decoder.bias"),
+             ("mlm_head.decoder.bias", "lm_head.bias")]
+    for i in range(n_layers):
+        o, h = f"encoder.stack.layers.{i}.", f"{r}encoder.layer.{i}."
+        for a, b in [("attn.out_proj", "attention.output.dense"), ("norm1", "attention.LayerNorm"),
+                     ("norm2", "intermediate.LayerNorm"), ("ffn.fc1", "intermediate.dense"),
+                     ("ffn.fc2", "output.dense")]:
+            pairs += [(o + a + ".weight", h + b + ".weight"), (o + a + ".bias", h + b + ".bias")]
+    return pairs
+
+
+def prelayernorm_encoder_to_hf(model: EncoderForMaskedLM | EncoderForPreTraining):
+    """A `transformers.RobertaPreLayerNormForMaskedLM` with the weights of our pre-LN encoder and its MLM head
+    (BERT itself is post-LN; this is the pre-LN model `transformers` has). An NSP head is not carried over.
+
+    RoBERTa numbers the positions of real tokens from pad_token_id + 1, so our position table is copied there;
+    outputs agree at real (non-padding) tokens of right-padded batches."""
+    from transformers import RobertaPreLayerNormConfig, RobertaPreLayerNormForMaskedLM
+
+    if not isinstance(model, (EncoderForMaskedLM, EncoderForPreTraining)):
+        raise ValueError(f"expected EncoderForMaskedLM or EncoderForPreTraining, got {type(model).__name__}")
+    c = model.cfg
+    if c.position != "learned" or not c.norm_first or not c.embedding_norm or not c.type_vocab_size:
+        raise ValueError("only pre-LN encoders with learned positions, segment embeddings and an embedding "
+                         "LayerNorm map to RobertaPreLayerNorm")
+    hf_cfg = RobertaPreLayerNormConfig(
+        vocab_size=c.vocab_size, hidden_size=c.d_model, num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads,
+        intermediate_size=c.d_ff, hidden_act=_OUR_ACT[c.activation], hidden_dropout_prob=c.dropout,
+        attention_probs_dropout_prob=c.attn_dropout, max_position_embeddings=c.max_len + c.pad_token_id + 1,
+        type_vocab_size=c.type_vocab_size, layer_norm_eps=c.layer_norm_eps, pad_token_id=c.pad_token_id,
+        tie_word_embeddings=c.tie_word_embeddings)
+    hf = RobertaPreLayerNormForMaskedLM(hf_cfg)
+    src = model.state_dict()
+    state = {h: src[o].clone() for o, h in _prelayernorm_pairs(c.n_layers)}
+    positions = hf.state_dict()["roberta_prelayernorm.embeddings.position_embeddings.weight"].clone()
+    positions[c.pad_token_id + 1:] = src["encoder.stack.embeddings.position.embedding.weight"]
+    state["roberta_prelayernorm.embeddings.position_embeddings.weight"] = positions
+    for i in range(c.n_layers):
+        s = f"roberta_prelayernorm.encoder.layer.{i}.attention.self."
+        for p in ("weight", "bias"):
+            for n, t in zip(("query", "key", "value"), src[f"encoder.stack.layers.{i}.attn.in_proj.{p}"].chunk(3)):
+                state[s + n + "." + p] = t.clone()
+    _load_exact(hf, state, f"{type(model).__name__} to RobertaPreLayerNormForMaskedLM")
+    return hf.eval()
+
+
 def encoder_to_hf(model: TransformerEncoder | EncoderForMaskedLM | EncoderForPreTraining):
-    """A `transformers` BertModel, BertForMaskedLM or BertForPreTraining with the weights of our encoder."""
+    """A `transformers` BertModel, BertForMaskedLM or BertForPreTraining with the weights of our encoder; a pre-LN
+    encoder with an MLM head becomes a RobertaPreLayerNormForMaskedLM (`prelayernorm_encoder_to_hf`)."""
     from transformers import BertForMaskedLM, BertForPreTraining, BertModel
 
+    if model.cfg.norm_first and isinstance(model, (EncoderForMaskedLM, EncoderForPreTraining)):
+        return prelayernorm_encoder_to_hf(model)
     n = model.cfg.n_layers
     hf_cfg = encoder_config_to_hf(model.cfg)
     src = model.state_dict()

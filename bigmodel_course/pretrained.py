@@ -2,7 +2,8 @@
 
 Models live in the cache directory (`model_cache`), one folder per (model, profile):
 `model.safetensors`, `config.json`, `tokenizer.json`, `history.json`, `meta.json` and `hf/`
-(the same weights as `transformers` BertForPreTraining / GPT2LMHeadModel, loadable offline).
+(the same weights as `transformers` BertForPreTraining, or RobertaPreLayerNormForMaskedLM for a pre-LN BERT, /
+GPT2LMHeadModel, loadable offline with AutoModelForMaskedLM / AutoModelForCausalLM).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class PretrainSpec:
     dropout: float = 0.1  # also the attention dropout
     mask_prob: float = 0.15  # BERT: share of the tokens chosen for MLM
     nsp: bool = True  # BERT: add the next-sentence-prediction loss to MLM
+    norm_first: bool = False  # BERT: pre-LN blocks (exported as RobertaPreLayerNorm); the GPT is always pre-LN
 
 
 SPECS: dict[tuple[str, str], PretrainSpec] = {
@@ -65,7 +67,8 @@ SPECS: dict[tuple[str, str], PretrainSpec] = {
     ("gpt", "ci"): PretrainSpec(1500, 64, 64, 2, 2, 16, 30, 1e-3, 5),
     # small-compute recipes measured in Chapter 2: no dropout (the models underfit), a larger batch and learning
     # rate; BERT predicts 35 % of the characters with MLM alone (NSP adds little, see RoBERTa)
-    ("bert", "full"): PretrainSpec(None, 128, 128, 4, 4, 32, 1400, 1e-3, 70, dropout=0.0, mask_prob=0.35, nsp=False),
+    ("bert", "full"): PretrainSpec(None, 128, 128, 4, 4, 32, 1400, 1e-3, 70, dropout=0.0, mask_prob=0.35, nsp=False,
+                                   norm_first=True),
     ("gpt", "full"): PretrainSpec(None, 128, 128, 4, 4, 32, 1400, 1e-3, 70, dropout=0.0),
 }
 SNAPSHOTS = (0.25, 0.5)  # shares of the pre-training steps at which a copy of the weights is kept
@@ -146,7 +149,7 @@ def build_model(kind: str, spec: PretrainSpec, vocab_size: int, pad_id: int):
     common = dict(vocab_size=vocab_size, max_len=spec.max_len, d_model=spec.d_model, n_heads=spec.n_heads,
                   n_layers=spec.n_layers, pad_token_id=pad_id, dropout=spec.dropout, attn_dropout=spec.dropout)
     if kind == "bert":
-        return EncoderForPreTraining(EncoderConfig(**common))
+        return EncoderForPreTraining(EncoderConfig(**common, norm_first=spec.norm_first))
     return GPT(GPTConfig(**common))
 
 

@@ -167,3 +167,40 @@ def test_a_pretraining_checkpoint_loads_as_bert_for_masked_lm(bert_config, tmp_p
     ids, mask = batch()
     with torch.no_grad():
         torch.testing.assert_close(mlm(ids, attention_mask=mask).logits, ours(ids, mask).logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pad", [0, 3])
+def test_pre_ln_encoder_exports_to_roberta_prelayernorm_with_equal_logits(pad, tmp_path):
+    """BERT is post-LN; a pre-LN encoder goes to transformers' RobertaPreLayerNormForMaskedLM, whose real tokens
+    are numbered from pad + 1: logits agree at every real token of a right-padded, two-segment batch, also after
+    save_pretrained / AutoModelForMaskedLM.from_pretrained."""
+    from transformers import AutoModelForMaskedLM
+
+    from bigmodel_course.interop import encoder_to_hf
+    from bigmodel_course.transformer import EncoderConfig, EncoderForPreTraining
+
+    torch.manual_seed(0)
+    cfg = EncoderConfig(vocab_size=40, max_len=16, d_model=16, n_heads=2, n_layers=2, norm_first=True,
+                        pad_token_id=pad, dropout=0.0, attn_dropout=0.0)
+    model = EncoderForPreTraining(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))  # LayerNorm weights and biases away from 1 and 0
+    encoder_to_hf(model).save_pretrained(tmp_path)
+    hf = AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
+    assert type(hf).__name__ == "RobertaPreLayerNormForMaskedLM"
+    ids = torch.randint(5, 40, (3, 16))
+    mask = torch.ones_like(ids)
+    ids[1, 9:], mask[1, 9:] = pad, 0
+    types = torch.zeros_like(ids)
+    types[:, 6:] = 1
+    types[1, 9:] = 0
+    with torch.no_grad():
+        ours = model(ids, mask, types).logits
+        theirs = hf(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+    real = mask.bool()
+    torch.testing.assert_close(ours[real], theirs[real], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="only pre-LN encoders"):
+        from bigmodel_course.interop import prelayernorm_encoder_to_hf
+        prelayernorm_encoder_to_hf(EncoderForPreTraining(EncoderConfig(vocab_size=40, max_len=16, d_model=16,
+                                                                       n_heads=2, n_layers=1)))
