@@ -10,7 +10,7 @@ from bigmodel_course.transformer import GPT, GPTConfig
 ck, steps, lr, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 tok = CharTokenizer.train(corpus(None), min_freq=2)
 s = review_splits(seed=0)
-d = torch.load(ck)
+d = torch.load(ck, weights_only=True)
 model = GPT(GPTConfig.from_dict(d["cfg"])); model.load_state_dict(d["state"])
 data = LMBlockDataset(gpt_stream(s.train_texts, tok), 128)
 print("review blocks", len(data), "tokens", len(data) * 128, flush=True)

@@ -26,7 +26,7 @@ for job in sys.argv[1:]:
     ck, n, pool, drop, lr = job.split(":")
     n, drop, lr = int(n), float(drop), float(lr)
     train = F.labelled_subset(s.train_texts, s.train_labels, n, 0)
-    d = torch.load(ck) if ck != "random" else torch.load("gpt_a_4.pt")
+    d = torch.load(ck, weights_only=True) if ck != "random" else torch.load("gpt_a_4.pt", weights_only=True)
     cfg = GPTConfig.from_dict({**d["cfg"], "num_labels": 2, "dropout": drop, "attn_dropout": drop})
     seed_everything(0)
     model = (MeanPoolGPT if pool == "mean" else GPTForSequenceClassification)(cfg)

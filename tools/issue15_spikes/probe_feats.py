@@ -24,7 +24,7 @@ def feats(model, data):
 for ck in sys.argv[1:]:
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, max_len=128, d_model=128, n_heads=4, n_layers=4, pad_token_id=tok.pad_id))
     if ck != "random":
-        model.load_state_dict(torch.load(ck)["state"])
+        model.load_state_dict(torch.load(ck, weights_only=True)["state"])
     model.eval()
     fv = feats(model, val)
     for n in (250, 1000):

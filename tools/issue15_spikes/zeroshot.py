@@ -18,7 +18,7 @@ def lp(model, ctx, cont):
         logp = model(x).logits.log_softmax(-1)[0]
     return sum(float(logp[len(ids) - 1 + i, c[i]]) for i in range(len(c)))
 for ck in sys.argv[1:]:
-    d = torch.load(ck)
+    d = torch.load(ck, weights_only=True)
     model = GPT(GPTConfig.from_dict(d["cfg"])); model.load_state_dict(d["state"]); model.eval()
     y = np.array(val[1])
     for prompt, pos, neg in PAIRS:
