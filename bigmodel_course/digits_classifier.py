@@ -111,6 +111,26 @@ def dataset_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 512) 
     return accuracy(torch.cat(preds), torch.cat(labels))
 
 
+def train_digits_model(model: nn.Module, train: Dataset, val: Dataset, lr: float, weight_decay: float,
+                       batch_size: int, seed: int = 0, epochs: int | None = None, max_steps: int | None = None,
+                       eval_every: int | None = None, patience: int | None = None,
+                       progress: bool = False) -> Trainer:
+    """Train on a digits dataset with the chapter's Trainer settings: AdamW, 5 % warm-up + cosine, validation
+    accuracy every `eval_every` steps (default: once per epoch), early stopping after `patience` evaluations
+    without improvement, the best weights restored. Give `epochs` or `max_steps`; returns the trainer (model in
+    eval mode)."""
+    loader = DataLoader(train, batch_size=min(batch_size, len(train)), shuffle=True)
+    steps = max_steps if max_steps is not None else epochs * len(loader)
+    config = TrainConfig(lr=lr, weight_decay=weight_decay, epochs=epochs, max_steps=max_steps,
+                         warmup_steps=max(1, steps // 20), eval_every=eval_every or len(loader),
+                         monitor="eval_accuracy", mode="max", early_stopping_patience=patience, restore_best=True,
+                         progress=progress, seed=seed)
+    trainer = Trainer(model, config, loader, DataLoader(val, batch_size=512), metrics_fn=classification_metrics)
+    trainer.train()
+    model.eval()
+    return trainer
+
+
 def fit_digits(model: nn.Module, splits: DigitSplits, recipe: FitRecipe, seed: int = 0, n_train: int | None = None,
                progress: bool = False) -> FitResult:
     """Train `model` on the training part (its first `n_train` images when given) with `recipe`, selecting the
@@ -121,15 +141,9 @@ def fit_digits(model: nn.Module, splits: DigitSplits, recipe: FitRecipe, seed: i
     x, y = splits.x_train[keep], splits.y_train[keep]
     train = DigitsDataset(x, y, splits.mean, splits.std, transform=digits_augmentation() if recipe.augment else None)
     val = DigitsDataset(splits.x_val, splits.y_val, splits.mean, splits.std)
-    loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True)
-    steps = recipe.epochs * len(loader)
-    config = TrainConfig(lr=recipe.lr, weight_decay=recipe.weight_decay, epochs=recipe.epochs,
-                         warmup_steps=max(1, steps // 20), eval_every=len(loader), monitor="eval_accuracy",
-                         mode="max", early_stopping_patience=recipe.patience, restore_best=True, progress=progress,
-                         seed=seed)
-    trainer = Trainer(model, config, loader, DataLoader(val, batch_size=512), metrics_fn=classification_metrics)
     start = time.perf_counter()
-    trainer.train()
+    trainer = train_digits_model(model, train, val, recipe.lr, recipe.weight_decay, recipe.batch_size, seed,
+                                 epochs=recipe.epochs, patience=recipe.patience, progress=progress)
     seconds = time.perf_counter() - start
     train_accuracy = dataset_accuracy(model, DigitsDataset(x, y, splits.mean, splits.std))
     return FitResult(model.eval(), trainer, seconds, train_accuracy, float(trainer.best_metric))

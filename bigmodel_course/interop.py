@@ -384,6 +384,9 @@ def vit_to_hf(model):
     if not isinstance(model, ViT):
         raise ValueError(f"expected a bigmodel_course.vision.ViT, got {type(model).__name__}")
     c = model.cfg
+    if c.stem_channels:
+        raise ValueError(f"a ViT with a convolutional stem (stem_channels={list(c.stem_channels)}) has no "
+                         "transformers ViTForImageClassification equivalent; only the linear patch embedding converts")
     hf_cfg = HFViTConfig(
         image_size=c.image_size, patch_size=c.patch_size, num_channels=c.in_channels, hidden_size=c.d_model,
         num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads, intermediate_size=c.d_ff,

@@ -21,12 +21,10 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from .data.vision import DigitSplits, DigitsDataset, digits_augmentation
-from .digits_classifier import dataset_accuracy
-from .evaluation import classification_metrics
-from .training import Trainer, TrainConfig
+from .data.vision import DigitSplits, DigitsDataset, digits_augmentation, normalise_digits
+from .digits_classifier import dataset_accuracy, train_digits_model
 from .utils import seed_everything
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
@@ -155,22 +153,6 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
-def _train(model: nn.Module, train: DigitsDataset, val: DigitsDataset, lr: float, weight_decay: float,
-           batch_size: int, seed: int, epochs: int | None = None, max_steps: int | None = None,
-           eval_every: int | None = None, patience: int | None = None) -> Trainer:
-    """AdamW + 5 % warm-up + cosine on `train`, the best validation accuracy's weights restored."""
-    loader = DataLoader(train, batch_size=min(batch_size, len(train)), shuffle=True)
-    steps = max_steps if max_steps is not None else epochs * len(loader)
-    config = TrainConfig(lr=lr, weight_decay=weight_decay, epochs=epochs, max_steps=max_steps,
-                         warmup_steps=max(1, steps // 20), eval_every=eval_every or len(loader),
-                         monitor="eval_accuracy", mode="max", early_stopping_patience=patience, restore_best=True,
-                         progress=False, seed=seed)
-    trainer = Trainer(model, config, loader, DataLoader(val, batch_size=512), metrics_fn=classification_metrics)
-    trainer.train()
-    model.eval()
-    return trainer
-
-
 PRETEXTS = ("supervised", "rotation")
 
 
@@ -190,8 +172,8 @@ def pretrain(make_model: Callable[[int], nn.Module], data: TransferData, recipe:
         model = make_model(4)
         train = RotationDataset(data.unlabelled_train, data.mean, data.std, augment=recipe.augment)
         val = RotationDataset(data.unlabelled_val, data.mean, data.std)
-    trainer = _train(model, train, val, recipe.pretrain_lr, recipe.weight_decay, recipe.batch_size, seed,
-                     epochs=recipe.pretrain_epochs)
+    trainer = train_digits_model(model, train, val, recipe.pretrain_lr, recipe.weight_decay, recipe.batch_size,
+                                 seed, epochs=recipe.pretrain_epochs)
     return model, float(trainer.best_metric)
 
 
@@ -228,8 +210,9 @@ def finetune_run(make_model: Callable[[int], nn.Module], pretrained: nn.Module |
     for lr in recipe.finetune_lrs:
         seed_everything(seed)  # the same initialisation of what is new for every learning rate
         model = make_model(n_classes) if pretrained is None else replace_head(copy.deepcopy(pretrained), n_classes)
-        trainer = _train(model, train, val, lr, recipe.weight_decay, recipe.batch_size, seed,
-                         max_steps=recipe.finetune_steps, eval_every=recipe.eval_every, patience=recipe.patience)
+        trainer = train_digits_model(model, train, val, lr, recipe.weight_decay, recipe.batch_size, seed,
+                                     max_steps=recipe.finetune_steps, eval_every=recipe.eval_every,
+                                     patience=recipe.patience)
         score = float(trainer.best_metric)
         if best is None or score > best[0]:  # ties keep the smaller (earlier) learning rate
             best = (score, lr, model, trainer.step)
@@ -297,7 +280,7 @@ def summarise(runs: list[TransferRun]) -> list[TransferSummary]:
 def pooled_features(model: nn.Module, part: ClassPart, mean: float, std: float) -> np.ndarray:
     """The model's pooled representation (ModelOutput.pooled, eval mode) of every image of a part, (N, d)."""
     model.eval()
-    out = model(part.dataset(mean, std).images.sub(mean).div(std))
+    out = model(normalise_digits(part.dataset(mean, std).images, mean, std))
     if getattr(out, "pooled", None) is None:
         raise ValueError(f"{type(model).__name__} returns no pooled representation")
     return out.pooled.numpy()

@@ -28,7 +28,8 @@ BIB_KEYS = {
     "mildenhall2020nerf", "kaplan2020scaling", "hoffmann2022training", "korthikanti2022reducing",
     "chen2016training", "micikevicius2018mixed", "li2020pytorch", "loshchilov2019decoupled",
     "northcutt2021confident", "broder1997resemblance", "wei2019eda", "pope2023efficiently",
-    "reimers2019sentence", "wang2020minilm", "ouyang2022training",
+    "reimers2019sentence", "wang2020minilm", "ouyang2022training", "xiao2021early", "touvron2021training",
+    "gidaris2018unsupervised",
 }
 
 PIN = re.compile(r"`([A-Za-z0-9][A-Za-z0-9._-]*)==([^`\s]+)`")

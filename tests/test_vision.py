@@ -215,6 +215,8 @@ def test_vit_matches_transformers(patch_size, activation):
 def test_vit_to_hf_rejects_other_models():
     with pytest.raises(ValueError, match="expected a bigmodel_course.vision.ViT"):
         vit_to_hf(ResNetForImageClassification())
+    with pytest.raises(ValueError, match=r"convolutional stem \(stem_channels=\[8\]\) has no transformers"):
+        vit_to_hf(ViT(ViTConfig(d_model=16, n_heads=2, n_layers=1, stem_channels=(8,))))
 
 
 def test_vit_attention_maps_and_config_round_trip():
