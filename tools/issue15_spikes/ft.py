@@ -12,7 +12,7 @@ seeds = tuple(int(s) for s in seeds.split(","))
 lrs = tuple(float(x) for x in lrs.split(","))
 extra = json.loads(sys.argv[6]) if len(sys.argv) > 6 else {}
 tok = CharTokenizer.train(corpus(None), min_freq=2)
-d = torch.load(ckpt)
+d = torch.load(ckpt, weights_only=True)
 model = GPT(GPTConfig.from_dict(d["cfg"])); model.load_state_dict(d["state"])
 pre = Pretrained(model, tok, [], {}, None)
 le = F.LABEL_EFFICIENCY_SPECS["full"]
