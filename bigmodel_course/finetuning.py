@@ -52,23 +52,33 @@ class FinetuneSpec:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
 
+INITS = ("pretrained", "random")
+
+
 @dataclass(frozen=True)
 class LabelEfficiencySpec:
     """The label-efficiency experiment of one profile: label counts, seeds, learning rates tried, evaluation."""
 
     label_counts: tuple[int | None, ...]  # None: every training review
     seeds: tuple[int, ...]  # each seed draws its own labelled subset, initialisation and batch order
-    lrs: tuple[float, ...]  # tried per (label count, initialisation) with the first seed; best on validation wins
+    # learning rates tried per initialisation ('pretrained', 'random'), for each label count with the first seed;
+    # the best on validation wins (fine-tuning a pre-trained body wants smaller steps than training from scratch)
+    lrs: dict[str, tuple[float, ...]]
     n_test: int | None  # None: the whole fixed test split
     n_val: int  # validation reviews for every choice (step, learning rate, C); never the test split
     finetune: FinetuneSpec  # its lr is replaced by the chosen one
 
+    def __post_init__(self) -> None:
+        if set(self.lrs) != set(INITS) or not all(self.lrs[i] for i in INITS):
+            raise ValueError(f"lrs must give at least one learning rate for each of {INITS}, got {self.lrs!r}")
+
 
 LABEL_EFFICIENCY_SPECS = {
-    "ci": LabelEfficiencySpec((40, 80), (0, 1), (5e-4, 1e-3), 200, 100,
+    "ci": LabelEfficiencySpec((40, 80), (0, 1), {"pretrained": (5e-4, 1e-3), "random": (5e-4, 1e-3)}, 200, 100,
                               FinetuneSpec(64, 16, 5e-4, 12, 4, 2, 2)),
     # every training review (None) is Chapter 4's project, run there with the same protocol
-    "full": LabelEfficiencySpec((100, 250, 500, 1000, 2000), (0, 1, 2), (3e-4, 1e-3), None, 600,
+    "full": LabelEfficiencySpec((100, 250, 500, 1000, 2000), (0, 1, 2),
+                                {"pretrained": (1e-4, 3e-4), "random": (3e-4, 1e-3)}, None, 600,
                                 FinetuneSpec(128, 32, 3e-4, 3000, 25, 6, 10)),
 }
 
@@ -203,8 +213,6 @@ def finetune(model, tokenizer: CharTokenizer, train: tuple[list, list], test: tu
     return result
 
 
-INITS = ("pretrained", "random")
-
 
 def label_efficiency(profile: str | None = None, kind: str = "gpt", pretrained: Pretrained | None = None,
                      label_counts: tuple[int | None, ...] | None = None, inits: tuple[str, ...] = INITS,
@@ -213,7 +221,7 @@ def label_efficiency(profile: str | None = None, kind: str = "gpt", pretrained: 
 
     For each label count (None: all training reviews) and seed, every model sees the same stratified subset of
     training reviews and the same validation reviews, and is scored once on the same fixed test split. The
-    learning rate of each (label count, initialisation) is chosen from `spec.lrs` on validation accuracy with the
+    learning rate of each (label count, initialisation) is chosen from `spec.lrs[init]` on validation accuracy with the
     first seed; the other seeds reuse it. Initialisations: 'pretrained' (the cached pre-trained `kind`, or
     `pretrained` — for example an earlier checkpoint) and 'random'; with `tfidf`, TF-IDF + logistic regression
     with C chosen on the same validation reviews ('tfidf').
@@ -249,9 +257,10 @@ def label_efficiency(profile: str | None = None, kind: str = "gpt", pretrained: 
             for init in inits:
                 start = pre if init == "pretrained" else None
                 if init not in chosen:  # first seed: try every learning rate, keep the best on validation
+                    lrs = le.lrs[init]
                     tried = {lr: _finetune_run(start, cfg, pre.tokenizer, train, val, le.finetune, lr, seed, progress)
-                             for lr in le.lrs}
-                    chosen[init] = max(le.lrs, key=lambda lr: (tried[lr]["val_accuracy"], -lr))
+                             for lr in lrs}
+                    chosen[init] = max(lrs, key=lambda lr: (tried[lr]["val_accuracy"], -lr))
                     result = tried[chosen[init]]
                     extra = {"val_by_lr": {lr: r["val_accuracy"] for lr, r in tried.items()}}
                 else:

@@ -128,7 +128,8 @@ def tiny_experiment(monkeypatch):
     train, val, test = _tiny_task(0, 80), _tiny_task(1, 30), _tiny_task(2, 30)
     splits = ReviewSplits(*train, *val, *test)
     monkeypatch.setattr(finetuning, "review_splits", lambda seed=0: splits)
-    spec = LabelEfficiencySpec((10, None), (0, 1, 2), (1e-3, 3e-3), None, 30, FinetuneSpec(16, 8, 1e-3, 40, 4, 2, 2))
+    spec = LabelEfficiencySpec((10, None), (0, 1, 2), {"pretrained": (1e-3, 2e-3), "random": (1e-3, 3e-3)}, None, 30,
+                               FinetuneSpec(16, 8, 1e-3, 40, 4, 2, 2))
     monkeypatch.setitem(LABEL_EFFICIENCY_SPECS, "ci", spec)
     tok = CharTokenizer.train(train[0] + val[0], min_freq=1)
     torch.manual_seed(0)
@@ -148,7 +149,7 @@ def test_label_efficiency_is_paired_per_seed_and_chooses_only_on_validation(tiny
         # the budget is the data's: a run ends at the cap or `patience` evaluations after its best step
         assert r["steps"] == spec.finetune.max_steps or r["steps"] == r["best_step"] + 2 * 4
         if "val_by_lr" in r:  # the first seed tried every rate and kept the validation argmax
-            assert r["seed"] == 0 and set(r["val_by_lr"]) == set(spec.lrs)
+            assert r["seed"] == 0 and set(r["val_by_lr"]) == set(spec.lrs[r["init"]])
             assert r["val_accuracy"] == max(r["val_by_lr"].values())
         else:
             first = next(q for q in runs if q["labels"] == r["labels"] and q["init"] == r["init"] and q["seed"] == 0)
@@ -204,6 +205,11 @@ def test_finetune_spec_rejects_bad_values():
         FinetuneSpec(16, 8, 1e-3, 10, 2, 0)
     with pytest.raises(ValueError, match="lr must be positive"):
         FinetuneSpec(16, 8, 0.0, 10, 2, 1)
+    ft = FinetuneSpec(16, 8, 1e-3, 10, 2, 1)
+    with pytest.raises(ValueError, match="lrs must give at least one learning rate for each of"):
+        LabelEfficiencySpec((10,), (0,), {"pretrained": (1e-3,)}, None, 10, ft)
+    with pytest.raises(ValueError, match="lrs must give at least one learning rate"):
+        LabelEfficiencySpec((10,), (0,), {"pretrained": (1e-3,), "random": ()}, None, 10, ft)
 
 
 def test_spread_is_the_sample_statistics():

@@ -12,9 +12,11 @@ from bigmodel_course.pretrained import (
     SPECS,
     NSPMLMDataset,
     corpus,
+    heldout_loss,
     load_pretrained,
     load_snapshot,
     same_recipe,
+    spec_with_defaults,
     model_dir,
     nsp_documents,
     pretrain,
@@ -22,6 +24,7 @@ from bigmodel_course.pretrained import (
 )
 from bigmodel_course.pretraining import IGNORE_INDEX
 from bigmodel_course.tokenization import CharTokenizer
+from bigmodel_course.transformer import GPT, GPTConfig
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +42,31 @@ def test_corpus_holds_no_validation_or_test_review():
     held_out = review_splits()
     assert not texts & set(held_out.test_texts) and not texts & set(held_out.val_texts)
     assert corpus(100) == corpus(100) and len(corpus(100)) == 100
+
+
+def test_the_reviews_corpus_is_the_training_reviews_alone():
+    splits = review_splits()
+    reviews = corpus(name="reviews")
+    assert set(reviews) == set(splits.train_texts) and len(reviews) == len(set(splits.train_texts))
+    assert set(reviews) < set(corpus())  # the mixed corpus holds them, plus the news
+    with pytest.raises(ValueError, match="unknown pre-training corpus 'news'"):
+        corpus(name="news")
+
+
+def test_heldout_loss_is_the_mean_next_token_cross_entropy():
+    texts = ["今天天气很好。", "这本书写得不错，值得一读。", "房间太小。"] * 4
+    tok = CharTokenizer.train(texts, min_freq=1)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, max_len=8, d_model=16, n_heads=2, n_layers=1,
+                          pad_token_id=tok.pad_id)).train()
+    stream = [i for t in texts for i in tok.encode(t, add_special=False) + [tok.sep_id]]
+    blocks = torch.tensor(stream[: len(stream) // 8 * 8]).view(-1, 8)
+    with torch.no_grad():
+        logits = model.eval()(blocks).logits
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, tok.vocab_size), blocks[:, 1:].reshape(-1))
+    model.train()
+    assert heldout_loss(model, tok, texts, batch_size=3) == pytest.approx(expected.item(), rel=1e-5)
+    assert model.training  # left as it was
 
 
 def test_bert_batches_are_masked_pairs():
@@ -103,8 +131,9 @@ def test_snapshots_are_the_same_run_earlier(root):
 
 def test_a_spec_recorded_before_a_field_existed_is_the_same_recipe():
     spec = SPECS[("bert", "ci")]  # the new fields at their defaults
-    old = {k: v for k, v in spec.__dict__.items() if k not in ("dropout", "mask_prob", "nsp", "norm_first")}
+    old = {k: v for k, v in spec.__dict__.items() if k not in ("dropout", "mask_prob", "nsp", "norm_first", "corpus")}
     assert same_recipe(old, spec) and same_recipe(dict(spec.__dict__), spec)
+    assert spec_with_defaults(old) == dict(spec.__dict__)  # how load_pretrained reports such a model's spec
     assert not same_recipe({**old, "mask_prob": 0.35}, spec) and not same_recipe({**old, "max_steps": 1}, spec)
 
 
