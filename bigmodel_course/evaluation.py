@@ -1,6 +1,9 @@
-"""Classification metrics: accuracy, per-class precision/recall/F1, confusion matrix, the most confident errors."""
+"""Classification metrics (accuracy, per-class precision/recall/F1, confusion matrix, the most confident errors) and
+the spread of repeated measurements."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -59,3 +62,13 @@ def confident_errors(probs: Tensor, target: Tensor, k: int) -> list[int]:
     wrong = (pred != target).nonzero().flatten()
     order = conf[wrong].argsort(descending=True, stable=True)
     return wrong[order][:k].tolist()
+
+
+def spread(values: list[float]) -> dict:
+    """Mean, sample standard deviation (nan for a single value), min, max and n of repeated measurements
+    (seeds, rounds): the spread every comparison in the book is read against."""
+    if not values:
+        raise ValueError("no values to summarise")
+    t = torch.tensor(values, dtype=torch.float64)
+    sd = float(t.std()) if len(values) > 1 else math.nan
+    return {"mean": float(t.mean()), "sd": sd, "min": float(t.min()), "max": float(t.max()), "n": len(values)}

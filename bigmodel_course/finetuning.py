@@ -14,7 +14,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader
 
 from .data import ClassificationDataset, LengthGroupedBatchSampler, review_splits
-from .evaluation import accuracy
+from .evaluation import accuracy, spread
 from .model_cache import load_or_train, publish, write_model_files
 from .pretrained import Pretrained, load_pretrained, read_model_folder
 from .tokenization import CharTokenizer
@@ -297,15 +297,6 @@ def summarize_label_efficiency(runs: list[dict]) -> list[dict]:
             row["difference"] = spread([by_seed["pretrained", s] - by_seed["random", s] for s in seeds])
         rows.append(row)
     return rows
-
-
-def spread(values: list[float]) -> dict:
-    """mean, sample standard deviation (0 for one value), min, max and n of a list of numbers."""
-    if not values:
-        raise ValueError("no values to summarise")
-    t = torch.tensor(values, dtype=torch.float64)
-    sd = float(t.std()) if len(values) > 1 else 0.0
-    return {"mean": float(t.mean()), "sd": sd, "min": float(t.min()), "max": float(t.max()), "n": len(values)}
 
 
 SENTIMENT_KINDS = ("gpt", "bert")

@@ -251,8 +251,8 @@ class Pretrained:
 
 def load_pretrained(kind: str, profile: str | None = None, root: Path | None = None,
                     train_if_missing: bool = True, progress: bool = True) -> Pretrained:
-    """Load the pre-trained `kind` of a profile from the cache, pre-training it first when it is missing or was
-    trained with another recipe than `SPECS` holds now."""
+    """Load the pre-trained `kind` of a profile from the cache, pre-training it first when it is missing, was
+    trained with another recipe than `SPECS` holds now, or predates the snapshots every pre-training keeps."""
     profile = get_profile(profile).name
     build = EncoderForPreTraining if kind == "bert" else GPT
     cfg_cls = EncoderConfig if kind == "bert" else GPTConfig
@@ -263,8 +263,9 @@ def load_pretrained(kind: str, profile: str | None = None, root: Path | None = N
             meta["spec"] = spec_with_defaults(meta["spec"])
         return Pretrained(model, tokenizer, read_json(folder, HISTORY_FILE), meta, folder)
 
-    def stale(folder: Path) -> bool:
-        return not same_recipe(read_meta(folder).get("spec", {}), SPECS[(kind, profile)])
+    def stale(folder: Path) -> bool:  # another recipe, or written before pre-training kept snapshots
+        meta = read_meta(folder)
+        return not same_recipe(meta.get("spec", {}), SPECS[(kind, profile)]) or "snapshots" not in meta
 
     return load_or_train(model_dir(kind, profile, root), lambda: pretrain(kind, profile, root, progress), read,
                          what=f"pre-trained {kind}", train_if_missing=train_if_missing, stale=stale,

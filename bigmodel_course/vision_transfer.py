@@ -12,8 +12,6 @@ their test accuracies can be compared seed by seed (paired differences).
 from __future__ import annotations
 
 import copy
-import math
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -25,6 +23,7 @@ from torch.utils.data import Dataset
 
 from .data.vision import DigitSplits, DigitsDataset, digits_augmentation, normalise_digits
 from .digits_classifier import dataset_accuracy, train_digits_model
+from .evaluation import spread
 from .utils import seed_everything
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
@@ -255,10 +254,6 @@ class TransferSummary:
     diff_min: float
 
 
-def _sd(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else math.nan
-
-
 def summarise(runs: list[TransferRun]) -> list[TransferSummary]:
     """One TransferSummary per number of labels per class; every seed must have both initialisations."""
     out = []
@@ -271,8 +266,8 @@ def summarise(runs: list[TransferRun]) -> list[TransferSummary]:
         scratch = [by["scratch", s] for s in seeds]
         pre = [by["pretrained", s] for s in seeds]
         diff = [p - q for p, q in zip(pre, scratch)]
-        out.append(TransferSummary(k, len(seeds), statistics.fmean(scratch), _sd(scratch), statistics.fmean(pre),
-                                   _sd(pre), statistics.fmean(diff), _sd(diff), min(diff)))
+        s, p, d = spread(scratch), spread(pre), spread(diff)
+        out.append(TransferSummary(k, len(seeds), s["mean"], s["sd"], p["mean"], p["sd"], d["mean"], d["sd"], d["min"]))
     return out
 
 

@@ -29,7 +29,7 @@ BIB_KEYS = {
     "chen2016training", "micikevicius2018mixed", "li2020pytorch", "loshchilov2019decoupled",
     "northcutt2021confident", "broder1997resemblance", "wei2019eda", "pope2023efficiently",
     "reimers2019sentence", "wang2020minilm", "ouyang2022training", "xiao2021early", "touvron2021training",
-    "gidaris2018unsupervised",
+    "gidaris2018unsupervised", "howard2018universal", "gururangan2020dont", "liu2019roberta", "wettig2023should",
 }
 
 PIN = re.compile(r"`([A-Za-z0-9][A-Za-z0-9._-]*)==([^`\s]+)`")

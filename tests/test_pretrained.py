@@ -147,6 +147,18 @@ def test_a_cached_model_of_another_recipe_is_trained_again(root, monkeypatch):
     assert load_pretrained("gpt", "ci", root=root, progress=False).meta["steps"] == 30
 
 
+def test_a_cached_model_without_snapshots_is_trained_again(root, monkeypatch):
+    load_pretrained("gpt", "ci", root=root, progress=False)
+    calls, real_pretrain, read_meta = [], pretrained_module.pretrain, pretrained_module.read_meta
+    monkeypatch.setattr(pretrained_module, "pretrain", lambda *a, **k: calls.append(a) or real_pretrain(*a, **k))
+    load_pretrained("gpt", "ci", root=root, progress=False)
+    assert not calls  # a complete cache is reused
+    monkeypatch.setattr(pretrained_module, "read_meta",
+                        lambda folder: {k: v for k, v in read_meta(folder).items() if k != "snapshots"})
+    again = load_pretrained("gpt", "ci", root=root, progress=False)
+    assert len(calls) == 1 and (again.path / "snapshots").is_dir()
+
+
 def test_bert_pretrains_and_loads_as_bert_for_masked_lm(root):
     path = pretrain("bert", "ci", root=root, progress=False)
     loaded = load_pretrained("bert", "ci", root=root)
