@@ -64,6 +64,22 @@ def confident_errors(probs: Tensor, target: Tensor, k: int) -> list[int]:
     return wrong[order][:k].tolist()
 
 
+def calibrate_threshold(positive_probs: Tensor, target: Tensor) -> tuple[float, float]:
+    """The threshold t of the rule "positive when P(positive) >= t" that maximises accuracy on held-out data
+    (call it on validation, never on test), and that accuracy. Candidates are the probabilities themselves
+    (every distinct rule), one above them all, and 0.5; ties go to the threshold closest to 0.5."""
+    if positive_probs.dim() != 1 or positive_probs.shape != target.shape or positive_probs.numel() == 0:
+        raise ValueError(f"need matching non-empty 1-D probabilities and labels, got {tuple(positive_probs.shape)} "
+                         f"and {tuple(target.shape)}")
+    if not set(target.unique().tolist()) <= {0, 1}:
+        raise ValueError("labels must be 0 (negative) or 1 (positive)")
+    p = positive_probs.float()
+    candidates = torch.cat([p.unique(), p.new_tensor([0.5, float(p.max()) + 1.0])])
+    accs = ((p[None, :] >= candidates[:, None]) == target.bool()[None, :]).double().mean(1)
+    tied = candidates[accs == accs.max()]
+    return float(tied[(tied - 0.5).abs().argmin()]), float(accs.max())
+
+
 def spread(values: list[float]) -> dict:
     """Mean, sample standard deviation (nan for a single value), min, max and n of repeated measurements
     (seeds, rounds): the spread every comparison in the book is read against."""

@@ -3,7 +3,7 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix as sk_confusion, precision_recall_fscore_support
 
 from bigmodel_course.evaluation import (
-    accuracy, classification_metrics, confident_errors, confusion_matrix, precision_recall_f1,
+    accuracy, calibrate_threshold, classification_metrics, confident_errors, confusion_matrix, precision_recall_f1,
 )
 
 
@@ -46,3 +46,24 @@ def test_confident_errors_orders_wrong_predictions_by_confidence():
         confident_errors(probs, target, 0)
     with pytest.raises(ValueError, match=r"probs must be \(N, C\)"):
         confident_errors(probs[:, 0], target, 1)
+
+
+def test_calibrated_threshold_is_the_best_on_the_data_it_sees():
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 2, (400,), generator=g)
+    # a classifier biased towards "positive": negatives sit around 0.6, positives around 0.8
+    probs = (0.6 + 0.2 * target + 0.12 * torch.randn(400, generator=g)).clamp(0, 1)
+    threshold, acc = calibrate_threshold(probs, target)
+    # brute force: every split "p >= one of the probabilities" (or nothing positive) is a possible rule
+    splits = [float(((probs >= t) == target.bool()).double().mean()) for t in probs.tolist()]
+    assert acc == pytest.approx(max(splits + [float((target == 0).double().mean())])) and 0.6 < threshold < 0.8
+    assert float(((probs >= threshold) == target.bool()).double().mean()) == pytest.approx(acc)
+    assert acc > float(((probs >= 0.5) == target.bool()).double().mean())  # better than the default rule
+
+
+def test_calibrated_threshold_prefers_one_half_on_ties_and_checks_its_input():
+    assert calibrate_threshold(torch.tensor([0.1, 0.2, 0.8, 0.9]), torch.tensor([0, 0, 1, 1])) == (0.5, 1.0)
+    with pytest.raises(ValueError, match="labels must be 0"):
+        calibrate_threshold(torch.tensor([0.1, 0.9]), torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="matching non-empty"):
+        calibrate_threshold(torch.tensor([0.1, 0.9]), torch.tensor([0]))
