@@ -213,7 +213,6 @@ def finetune(model, tokenizer: CharTokenizer, train: tuple[list, list], test: tu
     return result
 
 
-
 def label_efficiency(profile: str | None = None, kind: str = "gpt", pretrained: Pretrained | None = None,
                      label_counts: tuple[int | None, ...] | None = None, inits: tuple[str, ...] = INITS,
                      tfidf: bool = True, progress: bool = False) -> list[dict]:
@@ -221,8 +220,8 @@ def label_efficiency(profile: str | None = None, kind: str = "gpt", pretrained: 
 
     For each label count (None: all training reviews) and seed, every model sees the same stratified subset of
     training reviews and the same validation reviews, and is scored once on the same fixed test split. The
-    learning rate of each (label count, initialisation) is chosen from `spec.lrs[init]` on validation accuracy with the
-    first seed; the other seeds reuse it. Initialisations: 'pretrained' (the cached pre-trained `kind`, or
+    learning rate of each (label count, initialisation) is chosen from `spec.lrs[init]` on validation accuracy
+    with the first seed; the other seeds reuse it. Initialisations: 'pretrained' (the cached pre-trained `kind`, or
     `pretrained` — for example an earlier checkpoint) and 'random'; with `tfidf`, TF-IDF + logistic regression
     with C chosen on the same validation reviews ('tfidf').
 

@@ -66,7 +66,7 @@ class PretrainSpec:
 SPECS: dict[tuple[str, str], PretrainSpec] = {
     ("bert", "ci"): PretrainSpec(1500, 64, 64, 2, 2, 16, 30, 1e-3, 5),
     ("gpt", "ci"): PretrainSpec(1500, 64, 64, 2, 2, 16, 30, 1e-3, 5),
-    # small-compute recipes measured in Chapter 2, each about a quarter of an hour on two CPU cores. BERT: pre-LN
+    # small-compute recipes measured in Chapter 2, each about twelve minutes alone on two CPU cores. BERT: pre-LN
     # blocks, no dropout (it underfits), MLM alone (NSP adds little, see RoBERTa) on 35 % of the characters
     ("bert", "full"): PretrainSpec(None, 128, 128, 4, 4, 32, 1700, 1e-3, 85, dropout=0.0, mask_prob=0.35, nsp=False,
                                    norm_first=True),

@@ -216,7 +216,8 @@ def test_finetune_spec_rejects_bad_values():
 
 def test_spread_is_the_sample_statistics():
     s = spread([0.7, 0.8, 0.9])
-    assert s["mean"] == pytest.approx(0.8) and s["sd"] == pytest.approx(0.1) and (s["min"], s["max"], s["n"]) == (0.7, 0.9, 3)
+    assert s["mean"] == pytest.approx(0.8) and s["sd"] == pytest.approx(0.1)
+    assert (s["min"], s["max"], s["n"]) == (0.7, 0.9, 3)
     assert math.isnan(spread([0.5])["sd"])  # one value has no sample spread
     with pytest.raises(ValueError, match="no values"):
         spread([])
