@@ -1,4 +1,5 @@
-"""Pre-train the course's small BERT (MLM + NSP) and GPT (causal LM) on the offline Chinese corpus, and load them.
+"""Pre-train the course's small BERT (MLM, optionally + NSP) and GPT (causal LM) on the offline Chinese corpus, and
+load them.
 
 Models live in the cache directory (`model_cache`), one folder per (model, profile):
 `model.safetensors`, `config.json`, `tokenizer.json`, `history.json`, `meta.json` and `hf/`
