@@ -99,13 +99,6 @@ def labelled_subset(texts: list[str], labels: list[int], n: int, seed: int = 0) 
     return list(sub_x), list(sub_y)
 
 
-def tfidf_baseline(train_texts, train_labels, test_texts, test_labels) -> float:
-    """Test accuracy of TF-IDF on character 1-3-grams + logistic regression (the classical baseline)."""
-    vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 3))
-    clf = LogisticRegression(max_iter=1000).fit(vec.fit_transform(train_texts), train_labels)
-    return float((clf.predict(vec.transform(test_texts)) == test_labels).mean())
-
-
 TFIDF_CS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)  # inverse regularisation strengths tried on validation
 
 

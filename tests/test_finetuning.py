@@ -14,7 +14,6 @@ from bigmodel_course.finetuning import (
     load_sentiment_classifier,
     sentiment_dir,
     summarize_label_efficiency,
-    tfidf_baseline,
     tuned_tfidf,
 )
 import bigmodel_course.finetuning as finetuning
@@ -34,10 +33,10 @@ def test_labelled_subset_is_stratified_and_reproducible():
         labelled_subset(texts, labels, 101)
 
 
-def test_tfidf_baseline_learns_an_easy_task():
+def test_tuned_tfidf_learns_an_easy_task():
     train = ["好 好 好", "很好", "真好", "差 差", "很差", "真差"] * 3
     labels = [1, 1, 1, 0, 0, 0] * 3
-    assert tfidf_baseline(train, labels, ["好", "差"], [1, 0]) == 1.0
+    assert tuned_tfidf((train, labels), (["很好", "很差"], [1, 0]), (["好", "差"], [1, 0])).test_accuracy == 1.0
 
 
 def test_tuned_tfidf_chooses_c_on_validation_and_never_on_test():
