@@ -43,7 +43,10 @@ def test_every_toc_page_is_built(book):
     _, html = book
     files = nbtools.toc_files()
     assert set(CHAPTER_1) <= set(files), "chapter 1 is missing from book/_toc.yml"
-    assert (html / "index.html").is_file()
+    root = (html / "index.html").read_text(encoding="utf-8")
+    assert 'url=book/intro.html"' in root, "the site root must lead to the preface"
+    icon = re.search(r'<link rel="icon" href="([^"]+)"', root)  # else browsers ask for /favicon.ico
+    assert icon and (html / icon.group(1)).is_file(), root
     for name in files:
         assert (html / f"{name}.html").is_file(), f"missing {name}.html"
 

@@ -166,6 +166,23 @@ def _simplified_theme_wording(app) -> None:
         catalog.update(_THEME_WORDING)
 
 
+def _root_redirect(app, exception) -> None:
+    """build-finished: the site root's index.html, a full page that leads to the first page.
+
+    sphinx-external-toc would write a bare <meta> redirect; a page without an icon of its own makes
+    the browser ask the server for /favicon.ico (a 404 in the console), so ours names the book's icon.
+    """
+    if exception is not None or app.builder.name != "html" or app.config.root_doc == "index":
+        return
+    target = f"{app.config.root_doc}.html"
+    icon = f"_static/{Path(app.config.html_favicon).name}" if app.config.html_favicon else ""
+    head = f'<link rel="icon" href="{icon}">' if icon else ""
+    page = (f'<!DOCTYPE html>\n<html lang="zh-CN"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Refresh" content="0; url={target}">{head}<title>{app.config.project}</title>'
+            f'</head><body><a href="{target}">{target}</a></body></html>\n')
+    (Path(app.outdir) / "index.html").write_text(page, encoding="utf-8")
+
+
 def setup(app) -> dict:
     """Register the extension: vendored scripts, offline Mermaid loader, Chinese cell toggles."""
     from sphinx.transforms.post_transforms import SphinxPostTransform
@@ -182,6 +199,7 @@ def setup(app) -> dict:
     app.connect("builder-inited", _simplified_theme_wording)
     app.connect("html-page-context", _mermaid_classic_script, priority=900)
     app.connect("doctree-resolved", _chinese_cell_prompts)
+    app.connect("build-finished", _root_redirect, priority=400)  # before sphinx-external-toc's bare one
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
 
 
