@@ -326,11 +326,12 @@ class DistillSpec:
     eval_every: int
     temperature: float
     alpha: float
+    seeds: tuple[int, ...] = (0,)  # each seed: its own student initialisation and data order, for both kinds
 
 
 DISTILL_SPECS = {
     "ci": DistillSpec(1, 32, 1, 320, 64, 200, 32, 10, 2e-3, 5, 2.0, 0.5),
-    "full": DistillSpec(2, 64, 2, None, 600, None, 32, 800, 1e-3, 100, 2.0, 0.5),
+    "full": DistillSpec(2, 64, 2, None, 600, None, 32, 800, 1e-3, 100, 2.0, 0.5, seeds=(0, 1, 2)),
 }
 STUDENT_KINDS = ("distilled", "control")
 
@@ -374,11 +375,14 @@ def train_student(teacher: nn.Module, tokenizer: CharTokenizer, spec: DistillSpe
             "best_step": trainer.best_step}
 
 
-def student_dir(kind: str, profile: str | None = None, root: Path | None = None) -> Path:
-    """Cache folder of the distilled or control student of a profile."""
+def student_dir(kind: str, profile: str | None = None, root: Path | None = None, seed: int = 0) -> Path:
+    """Cache folder of the distilled or control student of a profile trained with `seed`."""
     if kind not in STUDENT_KINDS:
         raise ValueError(f"unknown student {kind!r}; expected one of {STUDENT_KINDS}")
-    return (root or cache_dir("students")) / f"{kind}-{get_profile(profile).name}"
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    suffix = "" if seed == 0 else f"-seed{seed}"
+    return (root or cache_dir("students")) / f"{kind}-{get_profile(profile).name}{suffix}"
 
 
 def _stale(path: Path, teacher) -> bool:
@@ -401,18 +405,19 @@ class Student:
 
 
 def load_student(kind: str, teacher, profile: str | None = None, root: Path | None = None,
-                 train_if_missing: bool = True, progress: bool = False) -> Student:
-    """Load the `kind` student of a profile from the cache, training it from `teacher` (a SentimentClassifier)
-    when missing; published atomically."""
+                 train_if_missing: bool = True, progress: bool = False, seed: int = 0) -> Student:
+    """Load the `kind` student of a profile trained with `seed` from the cache, training it from `teacher` (a
+    SentimentClassifier) when missing; published atomically."""
     profile = get_profile(profile).name
-    path = student_dir(kind, profile, root)
+    path = student_dir(kind, profile, root, seed)
 
     def train() -> None:
         spec = DISTILL_SPECS[profile]
-        result = train_student(teacher.model, teacher.tokenizer, spec, distill=kind == "distilled", progress=progress)
+        result = train_student(teacher.model, teacher.tokenizer, spec, distill=kind == "distilled", seed=seed,
+                               progress=progress)
         splits = review_splits(seed=0)
         test = _subset(splits.test_texts, splits.test_labels, spec.n_test)
-        meta = {"kind": kind, "profile": profile, "spec": spec.__dict__, "steps": result["steps"],
+        meta = {"kind": kind, "profile": profile, "seed": seed, "spec": spec.__dict__, "steps": result["steps"],
                 "best_step": result["best_step"], "train_seconds": round(result["seconds"], 1),
                 "test_accuracy": classifier_accuracy(result["model"], teacher.tokenizer, *test,
                                                      teacher.model.cfg.max_len),

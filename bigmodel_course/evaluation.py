@@ -88,3 +88,16 @@ def spread(values: list[float]) -> dict:
     t = torch.tensor(values, dtype=torch.float64)
     sd = float(t.std()) if len(values) > 1 else math.nan
     return {"mean": float(t.mean()), "sd": sd, "min": float(t.min()), "max": float(t.max()), "n": len(values)}
+
+
+def mcnemar(right_a: Tensor, right_b: Tensor) -> dict:
+    """Exact McNemar test of two classifiers scored on the same examples (`right_*`: bool per example, True where
+    that classifier is correct): the examples only a gets right, only b gets right, and the two-sided p-value of
+    "either is as likely to win a disagreement" (binomial with p = 1/2 over the disagreements; 1.0 when none)."""
+    if right_a.dim() != 1 or right_a.shape != right_b.shape:
+        raise ValueError(f"need two matching 1-D boolean tensors, got {tuple(right_a.shape)} and {tuple(right_b.shape)}")
+    a, b = right_a.bool(), right_b.bool()
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    n, k = only_a + only_b, min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n if n else 0.5
+    return {"only_a": only_a, "only_b": only_b, "p": min(1.0, 2 * tail)}

@@ -11,6 +11,7 @@ import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
 from torch.utils.data import DataLoader
 
 from .data import ClassificationDataset, LengthGroupedBatchSampler, review_splits
@@ -104,11 +105,13 @@ TFIDF_CS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)  # inverse regularisation stren
 
 @dataclass(frozen=True)
 class TfidfResult:
-    """A tuned TF-IDF + logistic-regression baseline: the chosen C, validation accuracy per C, test accuracy."""
+    """A tuned TF-IDF + logistic-regression baseline: the chosen C, validation accuracy per C, test accuracy, and
+    the fitted pipeline (vectoriser + the chosen classifier; `model.predict_proba(texts)` scores any texts)."""
 
     c: float
     val_accuracy: dict[float, float]
     test_accuracy: float
+    model: Pipeline
 
 
 def tuned_tfidf(train: tuple[list, list], val: tuple[list, list], test: tuple[list, list],
@@ -125,8 +128,9 @@ def tuned_tfidf(train: tuple[list, list], val: tuple[list, list], test: tuple[li
         models[c] = LogisticRegression(C=c, max_iter=2000).fit(x_train, train[1])
         scores[c] = float((models[c].predict(x_val) == list(val[1])).mean())
     best = max(cs, key=lambda c: (scores[c], -c))
-    test_accuracy = float((models[best].predict(vec.transform(test[0])) == list(test[1])).mean())
-    return TfidfResult(best, scores, test_accuracy)
+    model = Pipeline([("tfidf", vec), ("lr", models[best])])
+    test_accuracy = float((model.predict(test[0]) == list(test[1])).mean())
+    return TfidfResult(best, scores, test_accuracy, model)
 
 
 def classifier_from(pretrained: Pretrained | None, cfg: EncoderConfig | GPTConfig, num_labels: int = 2):

@@ -198,6 +198,10 @@ def test_student_is_smaller_than_the_teacher(tmp_path):
     cfg = student_config(teacher.cfg, DISTILL_SPECS["full"])
     assert (cfg.n_layers, cfg.d_model, cfg.d_ff) == (2, 64, 256) and cfg.vocab_size == teacher.cfg.vocab_size
     assert student_dir("distilled", "ci", tmp_path) == tmp_path / "distilled-ci"
+    assert student_dir("control", "full", tmp_path, seed=2) == tmp_path / "control-full-seed2"
+    assert DISTILL_SPECS["full"].seeds == (0, 1, 2) and DISTILL_SPECS["ci"].seeds == (0,)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
+        student_dir("control", "ci", tmp_path, seed=-1)
     with pytest.raises(ValueError, match="unknown student 'big'"):
         student_dir("big", "ci", tmp_path)
 
@@ -249,6 +253,10 @@ def test_bench_compression_command_runs_in_the_ci_profile(tmp_path, monkeypatch,
         meta = (student_dir(kind, "ci") / "meta.json").read_text(encoding="utf-8")
         assert '"steps": 10' in meta
     assert load_student("control", teacher, "ci", train_if_missing=False).meta["steps"] == 10
+    other = load_student("control", teacher, "ci", seed=1)  # another seed: its own folder, its own initialisation
+    assert other.meta["seed"] == 1 and other.path == student_dir("control", "ci", seed=1)
+    first = load_student("control", teacher, "ci", train_if_missing=False).model
+    assert not torch.equal(other.model.score.weight, first.score.weight)
     teacher.meta["created"] = "another version"
     with pytest.raises(FileNotFoundError, match="no control student distilled from this teacher"):
         load_student("control", teacher, "ci", train_if_missing=False)

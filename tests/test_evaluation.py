@@ -3,7 +3,8 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix as sk_confusion, precision_recall_fscore_support
 
 from bigmodel_course.evaluation import (
-    accuracy, calibrate_threshold, classification_metrics, confident_errors, confusion_matrix, precision_recall_f1,
+    accuracy, calibrate_threshold, classification_metrics, confident_errors, confusion_matrix, mcnemar,
+    precision_recall_f1,
 )
 
 
@@ -67,3 +68,26 @@ def test_calibrated_threshold_prefers_one_half_on_ties_and_checks_its_input():
         calibrate_threshold(torch.tensor([0.1, 0.9]), torch.tensor([0, 2]))
     with pytest.raises(ValueError, match="matching non-empty"):
         calibrate_threshold(torch.tensor([0.1, 0.9]), torch.tensor([0]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mcnemar_matches_scipys_exact_binomial_test(seed):
+    from scipy.stats import binomtest
+
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(5, 400, (1,), generator=g))
+    a = torch.rand(n, generator=g) < 0.8
+    b = torch.rand(n, generator=g) < 0.7 + 0.02 * seed
+    result = mcnemar(a, b)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    assert (result["only_a"], result["only_b"]) == (only_a, only_b)
+    assert result["p"] == pytest.approx(binomtest(only_a, only_a + only_b, 0.5).pvalue, rel=1e-9)
+
+
+def test_mcnemar_edge_cases_and_bad_input():
+    same = torch.tensor([True, False, True])
+    assert mcnemar(same, same) == {"only_a": 0, "only_b": 0, "p": 1.0}
+    lopsided = mcnemar(torch.ones(20, dtype=torch.bool), torch.zeros(20, dtype=torch.bool))
+    assert lopsided["only_a"] == 20 and lopsided["p"] == pytest.approx(2 / 2**20)
+    with pytest.raises(ValueError, match="matching 1-D"):
+        mcnemar(torch.ones(3, dtype=torch.bool), torch.ones(4, dtype=torch.bool))

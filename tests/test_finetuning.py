@@ -36,7 +36,10 @@ def test_labelled_subset_is_stratified_and_reproducible():
 def test_tuned_tfidf_learns_an_easy_task():
     train = ["好 好 好", "很好", "真好", "差 差", "很差", "真差"] * 3
     labels = [1, 1, 1, 0, 0, 0] * 3
-    assert tuned_tfidf((train, labels), (["很好", "很差"], [1, 0]), (["好", "差"], [1, 0])).test_accuracy == 1.0
+    result = tuned_tfidf((train, labels), (["很好", "很差"], [1, 0]), (["好", "差"], [1, 0]))
+    assert result.test_accuracy == 1.0
+    proba = result.model.predict_proba(["真好", "太差"])  # the fitted pipeline scores unseen texts
+    assert proba.shape == (2, 2) and proba[0, 1] > 0.5 > proba[1, 1]
 
 
 def test_tuned_tfidf_chooses_c_on_validation_and_never_on_test():
