@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from .files import atomic_write_text
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # ids 0..4 in both tokenizers
+# Special tokens added later (a chat template's <|user|>, <|end|>, ...): never produced by encoding text
+ADDED_SPECIAL = re.compile(r"<\|[a-z_]+\|>")
 _FORMAT = "bigmodel_course.CharTokenizer"
 _FORMAT_VERSION = 1
 
@@ -31,22 +34,39 @@ def _check_text(text, name: str = "text") -> str:
 
 
 class CharTokenizer:
-    """Character-level tokenizer for Chinese with BERT special tokens ([PAD]=0 [UNK] [CLS] [SEP] [MASK])."""
+    """Character-level tokenizer for Chinese with BERT special tokens ([PAD]=0 [UNK] [CLS] [SEP] [MASK]).
+
+    Added special tokens of the form <|name|> (see `with_special_tokens`) get ids after the characters; encoding
+    text never produces them, so a text that spells "<|user|>" stays eight ordinary characters.
+    """
 
     def __init__(self, tokens: Sequence[str]):
         tokens = list(tokens)
         if tuple(tokens[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
             raise ValueError(f"vocabulary must start with the special tokens {SPECIAL_TOKENS}, got {tokens[:5]}")
         for tok in tokens[len(SPECIAL_TOKENS):]:
-            if not isinstance(tok, str) or len(tok) != 1:
-                raise ValueError(f"ordinary tokens must be single characters, got {tok!r}")
+            if not isinstance(tok, str) or (len(tok) != 1 and not ADDED_SPECIAL.fullmatch(tok)):
+                raise ValueError(f"ordinary tokens must be single characters (added special tokens look like "
+                                 f"<|name|>), got {tok!r}")
         if len(set(tokens)) != len(tokens):
             dupes = sorted(t for t, c in Counter(tokens).items() if c > 1)
             raise ValueError(f"vocabulary has duplicate tokens: {dupes[:10]}")
         self._itos = tokens
         self._stoi = {t: i for i, t in enumerate(tokens)}
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = range(len(SPECIAL_TOKENS))
-        self.special_ids = tuple(range(len(SPECIAL_TOKENS)))
+        self.special_ids = tuple(range(len(SPECIAL_TOKENS))) + tuple(
+            i for i, t in enumerate(tokens) if i >= len(SPECIAL_TOKENS) and len(t) > 1)
+
+    def with_special_tokens(self, tokens: Sequence[str]) -> "CharTokenizer":
+        """A new tokenizer with `tokens` (each like <|user|>) appended to the vocabulary, skipping those it has;
+        existing ids are unchanged, so a model's embedding table only needs new rows at the end."""
+        if isinstance(tokens, str):
+            raise ValueError("tokens must be a collection of str, not a single str")
+        for t in tokens:
+            if not isinstance(t, str) or not ADDED_SPECIAL.fullmatch(t):
+                raise ValueError(f"added special tokens must look like <|name|> (lower-case letters, _), got {t!r}")
+        new = [t for t in dict.fromkeys(tokens) if t not in self._stoi]
+        return type(self)(self._itos + new)
 
     @classmethod
     def train(cls, texts: Iterable[str], min_freq: int = 1, max_size: int | None = None) -> "CharTokenizer":
