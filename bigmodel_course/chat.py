@@ -26,6 +26,7 @@ ROLES = ("system", "user", "assistant", "tool")
 ROLE_TOKENS = {role: f"<|{role}|>" for role in ROLES}
 END = "<|end|>"
 CHAT_TOKENS = (*ROLE_TOKENS.values(), END)
+CHAT_CHARACTERS = "{}"  # JSON tool calls need braces, which the pre-training corpus has fewer than twice
 IGNORE = -100  # label of positions the loss skips
 
 # The same rendering in Jinja for `transformers` (messages carry role and content).
@@ -36,7 +37,8 @@ HF_CHAT_TEMPLATE = (
 
 
 def add_chat_tokens(model: GPT, tokenizer: CharTokenizer) -> tuple[GPT, CharTokenizer]:
-    """The tokenizer with the chat tokens appended and a copy of `model` with an embedding row for each.
+    """The tokenizer with CHAT_CHARACTERS and the chat tokens appended and a copy of `model` with an embedding
+    row for each.
 
     Each new row is the mean of the existing rows (Hewitt, 2021): with the tied LM head a new token then starts
     with an ordinary logit instead of an arbitrary one. Existing ids and weights are unchanged; the original
@@ -44,7 +46,7 @@ def add_chat_tokens(model: GPT, tokenizer: CharTokenizer) -> tuple[GPT, CharToke
     """
     if model.cfg.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"model vocabulary ({model.cfg.vocab_size}) and tokenizer ({tokenizer.vocab_size}) differ")
-    chat_tok = tokenizer.with_special_tokens(CHAT_TOKENS)
+    chat_tok = tokenizer.with_characters(CHAT_CHARACTERS).with_special_tokens(CHAT_TOKENS)
     return resize_token_embeddings(model, chat_tok.vocab_size), chat_tok
 
 

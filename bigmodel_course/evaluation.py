@@ -95,7 +95,8 @@ def mcnemar(right_a: Tensor, right_b: Tensor) -> dict:
     that classifier is correct): the examples only a gets right, only b gets right, and the two-sided p-value of
     "either is as likely to win a disagreement" (binomial with p = 1/2 over the disagreements; 1.0 when none)."""
     if right_a.dim() != 1 or right_a.shape != right_b.shape:
-        raise ValueError(f"need two matching 1-D boolean tensors, got {tuple(right_a.shape)} and {tuple(right_b.shape)}")
+        raise ValueError(f"need two matching 1-D boolean tensors, got {tuple(right_a.shape)} and "
+                         f"{tuple(right_b.shape)}")
     a, b = right_a.bool(), right_b.bool()
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     n, k = only_a + only_b, min(only_a, only_b)

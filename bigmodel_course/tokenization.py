@@ -57,6 +57,12 @@ class CharTokenizer:
         self.special_ids = tuple(range(len(SPECIAL_TOKENS))) + tuple(
             i for i, t in enumerate(tokens) if i >= len(SPECIAL_TOKENS) and len(t) > 1)
 
+    def with_characters(self, characters: str) -> "CharTokenizer":
+        """A new tokenizer with the characters it lacks appended (existing ids unchanged)."""
+        if not isinstance(characters, str):
+            raise ValueError(f"characters must be a str, got {type(characters).__name__}")
+        return type(self)(self._itos + [c for c in dict.fromkeys(characters) if c not in self._stoi])
+
     def with_special_tokens(self, tokens: Sequence[str]) -> "CharTokenizer":
         """A new tokenizer with `tokens` (each like <|user|>) appended to the vocabulary, skipping those it has;
         existing ids are unchanged, so a model's embedding table only needs new rows at the end."""

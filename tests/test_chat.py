@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from bigmodel_course.chat import (
+    CHAT_CHARACTERS,
     CHAT_TOKENS,
     END,
     add_chat_tokens,
@@ -47,16 +48,22 @@ def test_added_special_tokens_keep_ids_round_trip_and_never_come_from_text(tok, 
             tok.with_special_tokens(bad)
     with pytest.raises(ValueError, match="single characters"):
         CharTokenizer([*tok.vocab, "ab"])
+    assert tok.with_characters("好{").vocab_size == tok.vocab_size + 1  # only the missing character
+    with pytest.raises(ValueError, match="characters must be a str"):
+        tok.with_characters(["{"])
 
 
 def test_add_chat_tokens_appends_mean_rows_and_keeps_the_old_model(tok):
     model = tiny_gpt(tok.vocab_size)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     grown, chat = add_chat_tokens(model, tok)
+    added = len(CHAT_CHARACTERS) + len(CHAT_TOKENS)
+    assert chat.vocab_size == tok.vocab_size + added and chat.encode("{}", add_special=False) == [tok.vocab_size,
+                                                                                                 tok.vocab_size + 1]
     w_old, w_new = model.transformer.embeddings.word.weight, grown.transformer.embeddings.word.weight
     assert w_new.shape == (chat.vocab_size, 16)
     torch.testing.assert_close(w_new[: tok.vocab_size], w_old)
-    torch.testing.assert_close(w_new[tok.vocab_size:], w_old.mean(0).expand(len(CHAT_TOKENS), -1))
+    torch.testing.assert_close(w_new[tok.vocab_size:], w_old.mean(0).expand(added, -1))
     assert grown.lm_head.weight is grown.transformer.embeddings.word.weight  # still tied
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # original untouched
     x = torch.tensor([tok.encode("今天天气很好")])
