@@ -1,4 +1,5 @@
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -6,12 +7,14 @@ import pytest
 from bigmodel_course.chat import CHAT_CHARACTERS, CHAT_TOKENS, render
 from bigmodel_course.data.instructions import (
     CALCULATOR,
+    DIRECT_SYSTEM,
     LABELS,
     PHRASINGS,
     REFUSAL,
     SPLITS,
     TASKS,
     build_instructions,
+    direct_arithmetic,
     split_of,
 )
 from bigmodel_course.tokenization import CharTokenizer
@@ -42,6 +45,8 @@ def test_every_split_has_every_task_and_several_phrasings(data):
         used = {p for k in keys for p in PHRASINGS[k] if any(_fits(p, o) for o in openings)}
         assert len(used) >= 3, (task, used)
     assert any(len(e.messages) == 4 for e in train if e.task == "sentiment"), "no multi-turn sentiment example"
+    direct = sum(not e.uses_tool for e in train if e.task == "arith") / 400
+    assert 0.15 < direct < 0.35  # about a quarter asked without the tool
 
 
 def _fits(template: str, text: str) -> bool:
@@ -59,7 +64,7 @@ def test_no_source_is_shared_between_splits(data):
 
 def test_answers_are_right_by_construction(data):
     for e in data["train"] + data["test"]:
-        question = e.messages[0]["content"]
+        question = next(m["content"] for m in e.messages if m["role"] == "user")
         if e.task == "sentiment":
             assert e.answer in LABELS
         elif e.task == "segment":
@@ -67,6 +72,10 @@ def test_answers_are_right_by_construction(data):
             assert len(words) >= 2 and "".join(words) in question
         elif e.task == "entity":
             assert all(name in question for name in e.answer.split("、"))
+        elif e.task == "arith" and not e.uses_tool:
+            assert e.messages[0]["content"] == DIRECT_SYSTEM and len(e.messages) == 3
+            a, b = map(int, re.findall(r"\d{3}", question))
+            assert e.answer == str(a + b if re.search("[+加]", question) else a * b)
         elif e.task == "arith":
             call = json.loads(e.messages[1]["content"])
             assert call["name"] == CALCULATOR
@@ -74,9 +83,11 @@ def test_answers_are_right_by_construction(data):
             assert e.answer == e.messages[2]["content"] == str(a + b if op == "+" else a * b)
             assert str(a) in question and str(b) in question
             assert e.prompt == e.messages[:1]
+            direct = direct_arithmetic(e)
+            assert direct.prompt == direct.messages[:2] and direct.answer == e.answer and not direct.uses_tool
         else:
             assert e.answer == REFUSAL
-        if e.task != "arith":
+        if not e.uses_tool:
             assert e.prompt == e.messages[:-1] and e.messages[-1]["content"] == e.answer
 
 
@@ -101,3 +112,7 @@ def test_build_is_deterministic_and_rejects_bad_arguments(data):
         build_instructions("dev")
     with pytest.raises(ValueError, match="n_per_task must be a positive int"):
         build_instructions("train", n_per_task=0)
+    with pytest.raises(ValueError, match="direct_share must be in"):
+        build_instructions("train", direct_share=1.5)
+    with pytest.raises(ValueError, match="not a tool-using arithmetic example"):
+        direct_arithmetic(next(e for e in again if e.task == "segment"))

@@ -8,7 +8,9 @@ Five tasks, each asked in several phrasings:
 - entity: a clause → the person names (人名) or place names (地名) it mentions, joined by "、" (the corpus's
   nr / ns tags; a surname and given name tagged separately are joined);
 - arith: addition or multiplication of three-digit numbers, answered through a calculator tool call
-  (an OpenAI-style JSON call, the tool's result as a `tool` turn, then the answer);
+  (an OpenAI-style JSON call, the tool's result as a `tool` turn, then the answer); a share is asked under the
+  system prompt DIRECT_SYSTEM and answered with the number directly, so the same model can be measured both ways
+  (`direct_arithmetic`);
 - refuse: questions no offline corpus can answer (weather, prices, bookings, today's news) → a fixed refusal.
 
 Splits follow the source text, so no test text is ever seen in training: reviews keep their Chapter 4 split
@@ -30,6 +32,7 @@ from .corpora import load_peoples_daily_tagged, review_splits
 TASKS = ("sentiment", "segment", "entity", "arith", "refuse")
 SPLITS = ("train", "val", "test")
 REFUSAL = "抱歉，这个问题超出了我能回答的范围。"
+DIRECT_SYSTEM = "不要调用工具，直接回答。"
 LABELS = ("负面", "正面")
 CALCULATOR = "calculator"
 MAX_REVIEW_CHARS = 48  # a review longer than this is not used (the conversation must fit 128 tokens)
@@ -62,10 +65,23 @@ class Example:
     source: str
 
     @property
+    def uses_tool(self) -> bool:
+        """True for arithmetic answered through the calculator (no DIRECT_SYSTEM prompt)."""
+        return self.task == "arith" and self.messages[0]["role"] != "system"
+
+    @property
     def prompt(self) -> tuple[dict, ...]:
-        """What a model is given at evaluation: the question alone for arithmetic (the model must call the tool
-        itself), every turn before the final answer otherwise."""
-        return self.messages[:1] if self.task == "arith" else self.messages[:-1]
+        """What a model is given at evaluation: the question alone when it must call the tool itself, every turn
+        before the final answer otherwise."""
+        return self.messages[:1] if self.uses_tool else self.messages[:-1]
+
+
+def direct_arithmetic(example: Example) -> Example:
+    """The same arithmetic problem asked under DIRECT_SYSTEM: answered with the number, no tool call."""
+    if not example.uses_tool:
+        raise ValueError(f"not a tool-using arithmetic example: {example.task}")
+    messages = ({"role": "system", "content": DIRECT_SYSTEM}, example.messages[0], _assistant(example.answer))
+    return Example("arith", messages, example.answer, example.source)
 
 
 def split_of(key: str) -> str:
@@ -207,16 +223,21 @@ def refusal_examples(split: str, rng: random.Random) -> list[Example]:
     return out
 
 
-def build_instructions(split: str, n_per_task: int | None = None, seed: int = 0) -> list[Example]:
+def build_instructions(split: str, n_per_task: int | None = None, seed: int = 0,
+                       direct_share: float = 0.25) -> list[Example]:
     """The instruction examples of one split: up to `n_per_task` of each task (None: every sentiment and refusal
-    example, and as many segment / entity / arithmetic examples as there are sentiment ones), shuffled."""
+    example, and as many segment / entity / arithmetic examples as there are sentiment ones), shuffled; a
+    `direct_share` of the arithmetic problems is asked under DIRECT_SYSTEM instead of through the tool."""
     _check_split(split)
     if n_per_task is not None and (not isinstance(n_per_task, int) or n_per_task < 1):
         raise ValueError(f"n_per_task must be a positive int or None, got {n_per_task!r}")
+    if not 0.0 <= direct_share <= 1.0:
+        raise ValueError(f"direct_share must be in [0, 1], got {direct_share!r}")
     rng = random.Random(f"{seed}-{split}")
     sentiment = sentiment_examples(split, rng)
     n = len(sentiment) if n_per_task is None else n_per_task
-    examples = (sentiment[:n] + segment_examples(split, rng, n) + entity_examples(split, rng, n)
-                + arithmetic_examples(split, rng, n) + refusal_examples(split, rng)[:n])
+    arith = [direct_arithmetic(e) if rng.random() < direct_share else e for e in arithmetic_examples(split, rng, n)]
+    examples = (sentiment[:n] + segment_examples(split, rng, n) + entity_examples(split, rng, n) + arith
+                + refusal_examples(split, rng)[:n])
     rng.shuffle(examples)
     return examples
