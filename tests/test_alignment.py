@@ -12,7 +12,8 @@ from bigmodel_course.training import Trainer, TrainConfig
 from bigmodel_course.transformer import GPT, GPTConfig
 
 PROMPT = ({"role": "user", "content": "天气"},)
-PAIRS = [PreferencePair(PROMPT, "很好", "负面"), PreferencePair(({"role": "user", "content": "今天"},), "好", "天气很好")]
+PAIRS = [PreferencePair(PROMPT, "很好", "负面"),
+         PreferencePair(({"role": "user", "content": "今天"},), "好", "天气很好")]
 
 
 @pytest.fixture(scope="module")
