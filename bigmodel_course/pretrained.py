@@ -62,6 +62,21 @@ class PretrainSpec:
     nsp: bool = True  # BERT: add the next-sentence-prediction loss to MLM
     norm_first: bool = False  # BERT: pre-LN blocks (exported as RobertaPreLayerNorm); the GPT is always pre-LN
     corpus: str = "mixed"  # "mixed": People's Daily + train reviews; "reviews": the train reviews only (in-domain)
+    # two-phase schedule (BERT's): the first `short_share` of the steps on sequences of `short_len` tokens, the
+    # batch scaled so each step still sees batch_size × max_len tokens; the rest at max_len
+    short_len: int | None = None
+    short_share: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.short_len is None:
+            if self.short_share:
+                raise ValueError("short_share needs short_len")
+            return
+        if not 8 <= self.short_len < self.max_len or self.max_len % self.short_len:
+            raise ValueError(f"short_len must divide max_len={self.max_len} and be in [8, max_len), "
+                             f"got {self.short_len}")
+        if not 0.0 < self.short_share < 1.0:
+            raise ValueError(f"short_share must be in (0, 1), got {self.short_share}")
 
 
 SPECS: dict[tuple[str, str], PretrainSpec] = {
@@ -188,6 +203,16 @@ def _check(kind: str, profile: str) -> None:
     get_profile(profile)
 
 
+def _pretraining_loader(kind: str, spec: PretrainSpec, texts: list[str], tokenizer: CharTokenizer, length: int):
+    """(dataset, loader) of `length`-token examples; the batch holds spec.batch_size × spec.max_len tokens."""
+    batch = spec.batch_size * spec.max_len // length
+    if kind == "bert":
+        data = NSPMLMDataset(texts, tokenizer, length, mask_prob=spec.mask_prob, nsp=spec.nsp)
+        return data, DataLoader(data, batch_size=batch, shuffle=True, collate_fn=data.collate)
+    data = LMBlockDataset(gpt_stream(texts, tokenizer), length)
+    return data, DataLoader(data, batch_size=batch, shuffle=True)
+
+
 def pretrain(kind: str, profile: str = "full", root: Path | None = None, progress: bool = True) -> Path:
     """Pre-train `kind` ('bert' or 'gpt') for `profile` and publish it atomically in the cache; returns its folder."""
     _check(kind, profile)
@@ -197,22 +222,21 @@ def pretrain(kind: str, profile: str = "full", root: Path | None = None, progres
     tokenizer = CharTokenizer.train(corpus(spec.n_texts), min_freq=spec.min_freq)
     texts = corpus(spec.n_texts, name=spec.corpus)
     model = build_model(kind, spec, tokenizer.vocab_size, tokenizer.pad_id)
-    if kind == "bert":
-        data = NSPMLMDataset(texts, tokenizer, spec.max_len, mask_prob=spec.mask_prob, nsp=spec.nsp)
-        loader = DataLoader(data, batch_size=spec.batch_size, shuffle=True, collate_fn=data.collate)
-    else:
-        data = LMBlockDataset(gpt_stream(texts, tokenizer), spec.max_len)
-        loader = DataLoader(data, batch_size=spec.batch_size, shuffle=True)
+    data, loader = _pretraining_loader(kind, spec, texts, tokenizer, spec.max_len)
     config = TrainConfig(lr=spec.lr, max_steps=spec.max_steps, warmup_steps=spec.warmup_steps,
                          weight_decay=0.01, log_every=10, progress=progress)
-    trainer = Trainer(model, config, loader)
+    switch = round(spec.max_steps * spec.short_share) if spec.short_len else 0
+    trainer = Trainer(model, config, _pretraining_loader(kind, spec, texts, tokenizer, spec.short_len)[1]
+                      if switch else loader)
+    keep = {round(spec.max_steps * share) for share in SNAPSHOTS}
     snapshots = {}
     start = time.perf_counter()
-    for share in SNAPSHOTS + (1.0,):
-        steps = round(spec.max_steps * share) - trainer.step
-        if steps > 0:
-            trainer.train(steps=steps)
-        if share < 1.0:
+    for point in sorted(keep | ({switch, spec.max_steps} - {0})):
+        if point > trainer.step:
+            trainer.train(steps=point - trainer.step)
+        if point == switch:
+            trainer.replace_train_loader(loader)
+        if point in keep:
             snapshots[trainer.step] = copy.deepcopy(model).cpu()
     seconds = time.perf_counter() - start
     meta = {"kind": kind, "profile": profile, "spec": asdict(spec), "train_seconds": round(seconds, 1),

@@ -255,6 +255,11 @@ class Trainer:
         return steps
 
     # ----------------------------------------------------------- data
+    def replace_train_loader(self, loader) -> None:
+        """Go on training from the start of another loader (a second phase, e.g. longer sequences); the step count,
+        optimizer and schedule carry on."""
+        self.train_loader, self._stream, self.epoch, self.batch_in_epoch = loader, None, 0, 0
+
     def _prepare_epoch(self, epoch: int) -> None:
         """Make epoch `epoch`'s order a function of (seed, epoch) only, not of the global RNG."""
         loader = self.train_loader

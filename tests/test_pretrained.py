@@ -131,7 +131,8 @@ def test_snapshots_are_the_same_run_earlier(root):
 
 def test_a_spec_recorded_before_a_field_existed_is_the_same_recipe():
     spec = SPECS[("bert", "ci")]  # the new fields at their defaults
-    old = {k: v for k, v in spec.__dict__.items() if k not in ("dropout", "mask_prob", "nsp", "norm_first", "corpus")}
+    later = ("dropout", "mask_prob", "nsp", "norm_first", "corpus", "short_len", "short_share")
+    old = {k: v for k, v in spec.__dict__.items() if k not in later}
     assert same_recipe(old, spec) and same_recipe(dict(spec.__dict__), spec)
     assert spec_with_defaults(old) == dict(spec.__dict__)  # how load_pretrained reports such a model's spec
     assert not same_recipe({**old, "mask_prob": 0.35}, spec) and not same_recipe({**old, "max_steps": 1}, spec)
@@ -157,6 +158,32 @@ def test_a_cached_model_without_snapshots_is_trained_again(root, monkeypatch):
                         lambda folder: {k: v for k, v in read_meta(folder).items() if k != "snapshots"})
     again = load_pretrained("gpt", "ci", root=root, progress=False)
     assert len(calls) == 1 and (again.path / "snapshots").is_dir()
+
+
+def test_two_phase_pretraining_switches_to_full_length_sequences(tmp_path, monkeypatch):
+    switches, lengths = [], []
+
+    class Recording(pretrained_module.Trainer):
+        def replace_train_loader(self, loader):
+            switches.append(self.step)
+            super().replace_train_loader(loader)
+
+        def _to_device(self, batch):
+            lengths.append(tuple(batch["input_ids"].shape))
+            return super()._to_device(batch)
+
+    spec = SPECS[("bert", "ci")]
+    monkeypatch.setitem(pretrained_module.SPECS, ("bert", "ci"),
+                        type(spec)(**{**spec.__dict__, "short_len": 32, "short_share": 0.5}))
+    monkeypatch.setattr(pretrained_module, "Trainer", Recording)
+    loaded = load_pretrained("bert", "ci", root=tmp_path, progress=False)
+    assert switches == [15] and loaded.meta["steps"] == 30 and loaded.meta["spec"]["short_len"] == 32
+    assert all(n == 32 and t <= 32 for n, t in lengths[:15])  # twice the batch of half-length pairs
+    assert all(n == 16 for n, _ in lengths[15:]) and max(t for _, t in lengths[15:]) > 32
+    for bad, error in [({"short_len": 48}, "short_len must divide"), ({"short_len": 32}, "short_share must be in"),
+                       ({"short_share": 0.5}, "short_share needs short_len")]:
+        with pytest.raises(ValueError, match=error):
+            type(spec)(**{**spec.__dict__, **bad})
 
 
 def test_bert_pretrains_and_loads_as_bert_for_masked_lm(root):

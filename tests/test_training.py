@@ -144,6 +144,22 @@ def test_trainer_follows_the_schedule():
     assert lrs == pytest.approx(expected)
 
 
+def test_a_replaced_loader_is_read_from_its_start_and_the_schedule_carries_on():
+    seen = []
+
+    class Recording(Trainer):
+        def _to_device(self, batch):
+            seen.append(batch["x"].shape[0])
+            return super()._to_device(batch)
+
+    t = Recording(Tiny(), cfg(max_steps=6, warmup_steps=2, min_lr_ratio=0.0), DataLoader(cls_data(), batch_size=4))
+    t.train(steps=3)
+    t.replace_train_loader(DataLoader(cls_data(), batch_size=8))
+    t.train()
+    assert seen == [4, 4, 4, 8, 8, 8] and t.step == 6
+    assert [r["lr"] for r in t.history] == pytest.approx([1e-2 * lr_lambda(s, 2, 6) for s in range(6)])
+
+
 # ------------------------------------------------------------------ accumulation
 
 def test_accumulation_matches_one_large_batch():
