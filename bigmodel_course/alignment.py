@@ -14,42 +14,30 @@ far the policy may move from the reference.
 from __future__ import annotations
 
 import copy
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from .chat import Rendered, render, sft_batch
 from .tokenization import CharTokenizer
 from .transformer import ModelOutput
 
 
-def sft_loader(examples: Sequence[Rendered], pad_id: int, batch_size: int, shuffle: bool = True, seed: int = 0):
-    """Batches of rendered conversations for SFT (an iterable the Trainer can loop over, reshuffled every pass)."""
+def sft_loader(examples: Sequence[Rendered], pad_id: int, batch_size: int, shuffle: bool = True,
+               seed: int = 0) -> DataLoader:
+    """Batches of rendered conversations for SFT (`sft_batch`), reshuffled every pass when `shuffle`."""
     if not examples:
         raise ValueError("no conversations to train on")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    return _Batches(list(examples), pad_id, batch_size, shuffle, seed)
-
-
-class _Batches:
-    def __init__(self, examples, pad_id, batch_size, shuffle, seed):
-        self.examples, self.pad_id, self.batch_size, self.shuffle = examples, pad_id, batch_size, shuffle
-        self.rng = random.Random(seed)
-
-    def __len__(self) -> int:
-        return -(-len(self.examples) // self.batch_size)
-
-    def __iter__(self):
-        order = list(range(len(self.examples)))
-        if self.shuffle:
-            self.rng.shuffle(order)
-        for i in range(0, len(order), self.batch_size):
-            yield sft_batch([self.examples[j] for j in order[i:i + self.batch_size]], self.pad_id)
+    return DataLoader(list(examples), batch_size=batch_size, shuffle=shuffle,
+                      collate_fn=partial(sft_batch, pad_id=pad_id),
+                      generator=torch.Generator().manual_seed(seed) if shuffle else None)
 
 
 def sequence_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> Tensor:
