@@ -378,6 +378,17 @@ def _network_report(report: PageReport, events: list[dict], base: str) -> None:
             report.console_errors.append(f"{entry.get('source')}: {entry.get('text')} {entry.get('url', '')}")
 
 
+def _wait_for_arrival(browser: Chromium, left: str, timeout: float) -> None:
+    """After a redirect page: wait until the browser shows another URL, fully loaded (the redirect page's own
+    load event may come first, so waiting for one load event is not enough)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(BrowserError):  # the context is destroyed while navigating
+            if browser.evaluate("location.href") != left and browser.evaluate("document.readyState") == "complete":
+                return
+        time.sleep(0.1)
+
+
 def check_page(browser: Chromium, base: str, path: str, settle_timeout: float = 30.0) -> PageReport:
     """Open base+path, let MathJax/Mermaid/images finish, and collect the page's report."""
     report = PageReport(path=path)
@@ -385,7 +396,7 @@ def check_page(browser: Chromium, base: str, path: str, settle_timeout: float = 
     for attempt in range(3):  # a page that redirects (index.html) is followed to its target
         try:
             if browser.evaluate(REDIRECT_JS) and attempt < 2:
-                browser.wait_for("Page.loadEventFired")
+                _wait_for_arrival(browser, base + path, settle_timeout)
                 continue
             browser.evaluate(SETTLE_JS % {"timeout_ms": int(settle_timeout * 1000)})
             if path.startswith("search.html"):
