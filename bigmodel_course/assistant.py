@@ -4,6 +4,10 @@ Scores: sentiment, entity, arithmetic and refusal replies are right when they eq
 (entity names compared as a set); segmentation replies get the word-level F1 of their word spans (Chinese word
 segmentation's usual measure). A reply is well-formed when it ends with <|end|> inside the token budget and, when
 the task needs the calculator, every call the model made parsed.
+
+A base model (no chat tokens) is asked few-shot instead (`evaluate_few_shot`): solved examples of the same task as
+plain text, "问：…答：…", one per text ([SEP] between them, the boundary it was pre-trained on), then the question and
+"答："; its answer is what it writes up to the next [SEP].
 """
 
 from __future__ import annotations
@@ -12,9 +16,13 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from .chat import reply
+from .generation import generate
 from .data.instructions import TASKS, Example
-from .tools import run_with_tools
+from .tokenization import CharTokenizer
+from .tools import ToolError, execute, parse_call, run_with_tools
 
 
 def word_spans(words: Sequence[str]) -> set[tuple[int, int]]:
@@ -49,6 +57,21 @@ def score(example: Example, answer: str | None) -> float:
     return float(answer == example.answer)
 
 
+def judge_reply(example: Example, text: str, finished: bool) -> float:
+    """How good one reply to the example's prompt is, for building preference pairs: 0 malformed (no <|end|>;
+    for a tool-using question, not a valid allowed call), 1 well-formed but wrong, 1 + score when well-formed. For a
+    tool-using question the reply is the call, right when running it gives the answer."""
+    if not finished:
+        return 0.0
+    if example.uses_tool:
+        try:
+            result = execute(parse_call(text))
+        except ToolError:
+            return 0.0
+        return 1.0 + float(result == example.answer)
+    return 1.0 + score(example, text)
+
+
 @dataclass(frozen=True)
 class Judged:
     """One example's reply, score and well-formedness."""
@@ -79,4 +102,57 @@ def evaluate(model, tokenizer, examples: Sequence[Example], max_new_tokens: int 
     order = [t for t in (*TASKS, "arith_direct") if t in groups]
     return {t: {"n": len(groups[t]), "score": sum(j.score for j in groups[t]) / len(groups[t]),
                 "well_formed": sum(j.well_formed for j in groups[t]) / len(groups[t]), "judged": groups[t]}
+            for t in order}
+
+
+def _as_text(messages: Sequence[dict]) -> str:
+    """Turns as 问：…答：… (system and tool turns left out: a base model knows neither)."""
+    parts = {"user": "问：", "assistant": "答："}
+    return "".join(parts[m["role"]] + m["content"] for m in messages if m["role"] in parts)
+
+
+def few_shot_prompt(example: Example, demos: Sequence[Example], tokenizer: CharTokenizer, max_len: int,
+                    room: int) -> tuple[list[int], int]:
+    """Ids of [SEP] demo [SEP] demo … [SEP] question 答： with as many `demos` (asked directly, final turn only) as
+    fit in `max_len` − `room` tokens; returns (ids, demos used)."""
+    question = [m for m in example.messages if m["role"] == "user"]
+    if example.uses_tool or example.task != "sentiment":
+        question = question[:1]
+    else:  # a follow-up: the earlier turns stay, as in the chat prompt
+        question = [m for m in example.prompt if m["role"] in ("user", "assistant")]
+    tail = tokenizer.encode(_as_text(question) + "答：", add_special=False)
+    ids, used = [tokenizer.sep_id], 0
+    for d in demos:
+        demo = tokenizer.encode(_as_text([next(m for m in d.messages if m["role"] == "user")])
+                                + "答：" + d.answer, add_special=False) + [tokenizer.sep_id]
+        if len(ids) + len(demo) + len(tail) + room > max_len:
+            break
+        ids, used = ids + demo, used + 1
+    ids = ids + tail
+    if len(ids) + room > max_len:
+        raise ValueError(f"the question alone takes {len(ids)} tokens; no room for a {room}-token answer")
+    return ids, used
+
+
+def evaluate_few_shot(model, tokenizer: CharTokenizer, examples: Sequence[Example], demos: Sequence[Example],
+                      max_new_tokens: int = 40) -> dict[str, dict]:
+    """Per task like `evaluate`, for a base model asked few-shot with demos of the same task (arithmetic always
+    directly: a base model cannot call tools); `shots` is the mean number of demos that fit."""
+    by_task: dict[str, list[Example]] = defaultdict(list)
+    for d in demos:
+        by_task[d.task].append(d)
+    groups: dict[str, list[tuple[Judged, int]]] = defaultdict(list)
+    for e in examples:
+        room = min(max_new_tokens, model.cfg.max_len - 8)
+        ids, used = few_shot_prompt(e, by_task[e.task], tokenizer, model.cfg.max_len, room)
+        out = generate(model, torch.tensor([ids]), max_new_tokens=room, stop_ids=(tokenizer.sep_id,))[0, len(ids):]
+        out = out.tolist()
+        finished = tokenizer.sep_id in out
+        text = tokenizer.decode(out[: out.index(tokenizer.sep_id)] if finished else out)
+        key = "arith_direct" if e.task == "arith" and not e.uses_tool else e.task
+        groups[key].append((Judged(e, text, score(e, text), finished), used))
+    order = [t for t in (*TASKS, "arith_direct") if t in groups]
+    return {t: {"n": len(groups[t]), "score": sum(j.score for j, _ in groups[t]) / len(groups[t]),
+                "well_formed": sum(j.well_formed for j, _ in groups[t]) / len(groups[t]),
+                "shots": sum(u for _, u in groups[t]) / len(groups[t]), "judged": [j for j, _ in groups[t]]}
             for t in order}

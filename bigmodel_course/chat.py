@@ -12,13 +12,13 @@ and <|end|>. Training on conversations (supervised fine-tuning) predicts only th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
-from .generation import generate
+from .generation import generate, iter_tokens
 from .tokenization import SPECIAL_TOKENS, CharTokenizer
 from .transformer import GPT
 
@@ -148,20 +148,39 @@ class Reply:
     n_tokens: int
 
 
-def reply(model: GPT, tokenizer: CharTokenizer, messages: Sequence[dict], max_new_tokens: int = 64,
-          **sampling) -> Reply:
-    """Generate the assistant's next turn (greedy unless `sampling` says otherwise), stopping at <|end|>."""
+def _reply_prompt(model: GPT, tokenizer: CharTokenizer, messages: Sequence[dict]) -> tuple[list[int], int]:
+    """(ids ending with <|assistant|>, tokens of room left in the context)."""
     prompt = render(messages, tokenizer, add_generation_prompt=True)
     room = model.cfg.max_len - len(prompt.input_ids)
     if room < 1:
         raise ValueError(f"the conversation takes {len(prompt.input_ids)} tokens; no room left in the context of "
                          f"{model.cfg.max_len}")
+    return prompt.input_ids, room
+
+
+def reply(model: GPT, tokenizer: CharTokenizer, messages: Sequence[dict], max_new_tokens: int = 64,
+          **sampling) -> Reply:
+    """Generate the assistant's next turn (greedy unless `sampling` says otherwise), stopping at <|end|>."""
+    ids, room = _reply_prompt(model, tokenizer, messages)
     end = tokenizer.token_to_id(END)
-    out = generate(model, torch.tensor([prompt.input_ids]), max_new_tokens=min(max_new_tokens, room),
-                   stop_ids=(end,), **sampling)[0, len(prompt.input_ids):].tolist()
+    out = generate(model, torch.tensor([ids]), max_new_tokens=min(max_new_tokens, room),
+                   stop_ids=(end,), **sampling)[0, len(ids):].tolist()
     finished = end in out
     new = out[: out.index(end)] if finished else out
     return Reply(tokenizer.decode(new), finished, len(new) + int(finished))
+
+
+def stream_reply(model: GPT, tokenizer: CharTokenizer, messages: Sequence[dict], max_new_tokens: int = 64,
+                 **sampling) -> Iterator[str]:
+    """The assistant's next turn as it is generated, one piece of text per token, ending before <|end|>; the
+    same text `reply` returns for the same arguments."""
+    ids, room = _reply_prompt(model, tokenizer, messages)
+    end = tokenizer.token_to_id(END)
+    for token in iter_tokens(model, torch.tensor([ids]), max_new_tokens=min(max_new_tokens, room), stop_ids=(end,),
+                             **sampling):
+        if token.item() == end:
+            return
+        yield tokenizer.decode([token.item()])
 
 
 def hf_chat_tokenizer(tokenizer: CharTokenizer):

@@ -103,6 +103,63 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _post_train(args: argparse.Namespace) -> int:
+    from .post_training import assistant_dir, load_assistant, train_dpo, train_sft
+
+    path = assistant_dir(args.command, args.profile)
+    if (path / "model.safetensors").is_file() and not args.force:
+        print(f"already trained: {path} (pass --force to train again)")
+        return 0
+    (train_sft if args.command == "sft" else train_dpo)(args.profile, progress=not args.no_progress)
+    loaded = load_assistant(args.command, args.profile, train_if_missing=False)
+    losses = [h["train_loss"] for h in loaded.history if "train_loss" in h]
+    extra = f", {loaded.meta['n_pairs']} preference pairs" if "n_pairs" in loaded.meta else ""
+    print(f"{args.command} ({args.profile}): {loaded.meta['spec']['max_steps']} steps in "
+          f"{loaded.meta['train_seconds']} s{extra}, train loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    print(f"saved to {path} (our format) and {path / 'hf'} (transformers, with the chat template)")
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from .chat import stream_reply
+    from .post_training import load_assistant
+    from .tools import looks_like_call, run_with_tools
+
+    loaded = load_assistant(args.stage, args.profile, train_if_missing=False)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    print(f"assistant ({args.stage}, {args.profile}) from {loaded.path}; an empty line or Ctrl-D ends the chat")
+    while True:
+        try:
+            text = input("你：").strip()
+        except EOFError:
+            print()
+            return 0
+        if not text:
+            return 0
+        messages.append({"role": "user", "content": text})
+        try:
+            print("助手：", end="", flush=True)
+            pieces = []
+            for piece in stream_reply(loaded.model, loaded.tokenizer, messages, args.max_tokens):
+                pieces.append(piece)
+                print(piece, end="", flush=True)
+            print()
+            answer = "".join(pieces)
+            if looks_like_call(answer):  # let the tools answer and the model read their result
+                run = run_with_tools(loaded.model, loaded.tokenizer, messages, max_new_tokens=args.max_tokens)
+                for call, result in run.calls:
+                    print(f"  [工具 {call.name}({call.arguments}) → {result}]")
+                for error in run.errors:
+                    print(f"  [工具错误：{error}]")
+                print(f"助手：{run.answer if run.answer is not None else '（没有回答）'}")
+                messages = run.messages
+            else:
+                messages.append({"role": "assistant", "content": answer or "…"})
+        except ValueError as err:  # the conversation outgrew the context
+            print(f"\n（{err}；对话重新开始）")
+            messages = messages[:1] if args.system else []
+
+
 _LAUNCH_OPTIONS = ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--master-port")
 
 
@@ -216,6 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--force", action="store_true", help="train again even if the cache holds the model")
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")
     pre.set_defaults(func=_pretrain)
+    for stage, what in (("sft", "supervised fine-tuning of the chat model on the instruction conversations"),
+                        ("dpo", "DPO of the SFT assistant on preference pairs of its own judged samples")):
+        post = commands.add_parser(stage, help=what)
+        post.add_argument("--profile", choices=("ci", "full"), default="full")
+        post.add_argument("--force", action="store_true", help="train again even if the cache holds the model")
+        post.add_argument("--no-progress", action="store_true", help="no progress bar")
+        post.set_defaults(func=_post_train)
+    chat = commands.add_parser("chat", help="talk to the assistant in the terminal (replies stream as generated)")
+    chat.add_argument("--stage", choices=("sft", "dpo"), default="dpo")
+    chat.add_argument("--profile", choices=("ci", "full"), default="full")
+    chat.add_argument("--system", default="", help="a system message to start the conversation with")
+    chat.add_argument("--max-tokens", type=int, default=64, help="most tokens per reply")
+    chat.set_defaults(func=_chat)
     bench = commands.add_parser("bench", help="run a benchmark")
     which = bench.add_subparsers(dest="benchmark", required=True)
     att = which.add_parser("attention", help="formula vs fused vs torch.nn.MultiheadAttention")
@@ -324,9 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `bigmodel-course`."""
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` re-runs it under torchrun
-    for name in ("batch", "length", "width", "heads", "rounds", "layers", "context", "vocab"):
+    for name in ("batch", "length", "width", "heads", "rounds", "layers", "context", "vocab", "max_tokens"):
         if getattr(args, name, 1) <= 0:
-            print(f"bigmodel-course: --{name} must be positive, got {getattr(args, name)}", file=sys.stderr)
+            print(f"bigmodel-course: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}",
+                  file=sys.stderr)
             return 2
     try:
         return args.func(args)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -72,14 +72,12 @@ def next_token(logits: Tensor, config: GenerationConfig, generator: torch.Genera
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def generate(model: nn.Module, input_ids: Tensor, config: GenerationConfig | None = None, **overrides) -> Tensor:
-    """Continue each prompt row of `input_ids` (B, T, no padding); returns (B, T + new) token ids.
-
-    Rows that produced a stop token are padded with the model's pad id afterwards. Without the KV
-    cache, prompts longer than the context keep only their last `max_len` tokens as context.
-    Decoding runs under `torch.inference_mode` (less per-operation bookkeeping than `no_grad`); the
-    returned ids are an ordinary tensor.
-    """
+def iter_tokens(model: nn.Module, input_ids: Tensor, config: GenerationConfig | None = None,
+                **overrides) -> Iterator[Tensor]:
+    """Continue each prompt row of `input_ids` (B, T, no padding), yielding the (B,) next token ids one step at a
+    time (for streaming); stops after max_new_tokens or when every row produced a stop token, and rows already
+    stopped yield the model's pad id. Each step runs under `torch.inference_mode`; the model is put back in its
+    training mode when the iteration ends (or is abandoned)."""
     config = config or GenerationConfig()
     if overrides:
         config = GenerationConfig(**{**config.__dict__, **overrides})
@@ -92,6 +90,10 @@ def generate(model: nn.Module, input_ids: Tensor, config: GenerationConfig | Non
             f"prompt of {input_ids.shape[1]} + {config.max_new_tokens} new tokens exceeds the context "
             f"max_len={max_len}; shorten them or pass use_cache=False to slide the context window"
         )
+    return _token_steps(model, input_ids, config)
+
+
+def _token_steps(model: nn.Module, input_ids: Tensor, config: GenerationConfig) -> Iterator[Tensor]:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -104,10 +106,10 @@ def generate(model: nn.Module, input_ids: Tensor, config: GenerationConfig | Non
     cache = model.new_cache() if config.use_cache else None
     step_input = ids
     try:
-        with torch.inference_mode():
-            for _ in range(config.max_new_tokens):
+        for _ in range(config.max_new_tokens):
+            with torch.inference_mode():
                 if cache is None:
-                    step_input = ids[:, -max_len:]
+                    step_input = ids[:, -model.cfg.max_len:]
                 logits = model(step_input, kv_cache=cache).logits[:, -1, :].float()
                 logits = apply_repetition_penalty(logits, ids, config.repetition_penalty)
                 token = next_token(logits, config, generator)
@@ -115,11 +117,25 @@ def generate(model: nn.Module, input_ids: Tensor, config: GenerationConfig | Non
                 ids = torch.cat([ids, token.unsqueeze(1)], dim=1)
                 finished |= torch.isin(token, stop)
                 step_input = token.unsqueeze(1)
-                if finished.all():
-                    break
+            yield token.clone()  # outside inference mode: an ordinary tensor
+            if finished.all():
+                break
     finally:
         model.train(was_training)
-    return ids.clone()  # outside inference mode: an ordinary tensor the caller may modify in place
+
+
+def generate(model: nn.Module, input_ids: Tensor, config: GenerationConfig | None = None, **overrides) -> Tensor:
+    """Continue each prompt row of `input_ids` (B, T, no padding); returns (B, T + new) token ids.
+
+    Rows that produced a stop token are padded with the model's pad id afterwards. Without the KV
+    cache, prompts longer than the context keep only their last `max_len` tokens as context.
+    Decoding runs under `torch.inference_mode` (less per-operation bookkeeping than `no_grad`); the
+    returned ids are an ordinary tensor.
+    """
+    steps = list(iter_tokens(model, input_ids, config, **overrides))
+    if not steps:
+        return input_ids.clone()
+    return torch.cat([input_ids.to(steps[0].device), torch.stack(steps, dim=1)], dim=1)
 
 
 # --- measuring generated text ---------------------------------------------------------------------

@@ -20,9 +20,11 @@ ALL_LINEAR_MODULES = ("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj")
 
 
 def lora_model(model: GPT, rank: int = 8, alpha: float = 16.0, target_modules: Sequence[str] = ATTENTION_MODULES,
-               dropout: float = 0.0):
+               dropout: float = 0.0, trainable_tokens: Sequence[int] = ()):
     """`model` as a GPT2LMHeadModel wrapped by peft with LoRA adapters on `target_modules`: only the adapters
-    train (the embeddings, layer norms and every original weight are frozen)."""
+    train (the embeddings, layer norms and every original weight are frozen), plus the embedding rows of
+    `trainable_tokens` (peft's trainable tokens: tokens added for fine-tuning, such as the chat tokens, start
+    from an initial guess and must learn; with the tied LM head their output rows learn with them)."""
     from peft import LoraConfig, get_peft_model
 
     if not isinstance(rank, int) or rank < 1:
@@ -30,9 +32,14 @@ def lora_model(model: GPT, rank: int = 8, alpha: float = 16.0, target_modules: S
     unknown = set(target_modules) - set(ALL_LINEAR_MODULES)
     if not target_modules or unknown:
         raise ValueError(f"target_modules must be some of {ALL_LINEAR_MODULES}, got {list(target_modules)}")
+    tokens = sorted(set(trainable_tokens))
+    if any(not isinstance(t, int) or not 0 <= t < model.cfg.vocab_size for t in tokens):
+        raise ValueError(f"trainable_tokens must be token ids below {model.cfg.vocab_size}, "
+                         f"got {list(trainable_tokens)}")
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
                         fan_in_fan_out=True,  # GPT-2 stores its linear layers as Conv1D (in × out)
-                        bias="none", task_type="CAUSAL_LM")
+                        bias="none", task_type="CAUSAL_LM",
+                        trainable_token_indices={"wte": tokens} if tokens else None)
     peft_model = get_peft_model(gpt_to_hf(model), config)
     peft_model.train(model.training)
     return peft_model

@@ -12,6 +12,7 @@ from bigmodel_course.chat import (
     reply,
     resize_token_embeddings,
     sft_batch,
+    stream_reply,
 )
 from bigmodel_course.tokenization import CharTokenizer
 from bigmodel_course.transformer import GPT, GPTConfig
@@ -160,3 +161,8 @@ def test_reply_stops_at_end_of_turn_after_learning_a_conversation(tok):
     long = [{"role": "user", "content": "天" * 30}]
     with pytest.raises(ValueError, match="no room left"):
         reply(model, chat, long)
+    assert "".join(stream_reply(model, chat, CONVERSATION[:2], max_new_tokens=8)) == "很好"  # streamed, same text
+    assert list(stream_reply(model, chat, CONVERSATION[:2], max_new_tokens=1)) == ["很"]
+    sampled = dict(do_sample=True, temperature=1.5, seed=3)
+    assert "".join(stream_reply(model, chat, CONVERSATION[:2], 8, **sampled)) == \
+        reply(model, chat, CONVERSATION[:2], 8, **sampled).text

@@ -51,3 +51,27 @@ def test_a_fresh_adapter_changes_nothing_and_a_merged_one_gives_the_same_logits(
         assert isinstance(merged, GPT)
         torch.testing.assert_close(merged(x).logits, adapted, atol=1e-4, rtol=1e-4)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), course_sized_gpt().state_dict().values()))
+
+
+def test_trainable_tokens_learn_their_rows_in_and_out_and_merge_back():
+    model = course_sized_gpt()
+    new = [4743, 4744, 4745, 4746, 4747]  # the chat tokens' ids at the end of the vocabulary
+    peft_model = lora_model(model, rank=4, trainable_tokens=new).eval()
+    names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert any("trainable_tokens" in n for n in names) and all("lora_" in n or "trainable_tokens" in n for n in names)
+    assert trainable_share(peft_model)[0] == 4 * 4 * (128 + 384) + len(new) * 128
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "trainable_tokens" in n:
+                p.add_(torch.randn_like(p))
+        x = torch.tensor([[5, 4744, 9, 4747]])
+        adapted = peft_model(input_ids=x).logits
+        base = model(x).logits
+        assert (adapted[0, 0, new] - base[0, 0, new]).abs().min() > 1e-3  # output rows of the new tokens moved
+        assert torch.allclose(adapted[0, 0, :4743], base[0, 0, :4743], atol=1e-5)  # same input, old rows unchanged
+        perturb_adapters(peft_model)
+        adapted = peft_model(input_ids=x).logits
+        merged = merge_lora(peft_model).eval()
+        torch.testing.assert_close(merged(x).logits, adapted, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="trainable_tokens must be token ids"):
+        lora_model(model, trainable_tokens=[4748])
