@@ -10,10 +10,12 @@ GPT2LMHeadModel and the tokenizer with its chat template, for `transformers`' `a
 
 from __future__ import annotations
 
+import copy
+import json
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,13 +34,15 @@ from .model_cache import (
     read_meta,
     write_model_files,
 )
+from .lora import ALL_LINEAR_MODULES, lora_model, merge_lora, trainable_share
 from .pretrained import load_pretrained, read_model_folder
 from .tokenization import CharTokenizer
 from .training import Trainer, TrainConfig
 from .transformer import GPT, GPTConfig
 from .utils import cache_dir, get_profile, seed_everything
 
-STAGES = ("sft", "dpo")
+STAGES = ("sft", "lora", "dpo")
+ADAPTER_DIR = "adapter"  # the LoRA stage's adapter, in peft's format
 RIGHT = 2.0  # `judge_reply` of a well-formed, fully right reply
 
 
@@ -51,6 +55,17 @@ class SFTSpec:
     batch_size: int
     lr: float
     warmup_steps: int
+    dropout: float = 0.0  # the pre-trained GPT's 0.1 slows fine-tuning to copy text (measured in the spike runs)
+
+
+@dataclass(frozen=True)
+class LoRASpec:
+    """SFT through LoRA adapters (the profile's SFTSpec otherwise): rank, α, the GPT-2 modules adapted, the rate."""
+
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...]
+    lr: float
 
 
 @dataclass(frozen=True)
@@ -73,6 +88,10 @@ SFT_SPECS = {
     "ci": SFTSpec(n_per_task=60, max_steps=20, batch_size=16, lr=1e-3, warmup_steps=2),
     "full": SFTSpec(n_per_task=3000, max_steps=2400, batch_size=32, lr=1e-3, warmup_steps=30),
 }
+LORA_SPECS = {
+    "ci": LoRASpec(rank=4, alpha=8.0, target_modules=ALL_LINEAR_MODULES, lr=2e-3),
+    "full": LoRASpec(rank=8, alpha=16.0, target_modules=ALL_LINEAR_MODULES, lr=2e-3),
+}
 DPO_SPECS = {
     "ci": DPOSpec(n_prompts_per_task=6, n_samples=4, temperature=1.0, beta=0.1, max_steps=4, batch_size=4, lr=1e-5,
                   reference_when_none_right=True),
@@ -81,10 +100,17 @@ DPO_SPECS = {
 }
 
 
-def chat_model(profile: str | None = None, progress: bool = True) -> tuple[GPT, CharTokenizer]:
-    """The profile's pre-trained GPT with the chat tokens added (`chat.add_chat_tokens`): the starting point of SFT."""
+def chat_model(profile: str | None = None, progress: bool = True,
+               dropout: float | None = None) -> tuple[GPT, CharTokenizer]:
+    """The profile's pre-trained GPT with the chat tokens added (`chat.add_chat_tokens`), its dropout set to
+    `dropout` when given: the starting point of SFT."""
     pre = load_pretrained("gpt", get_profile(profile).name, progress=progress)
-    return add_chat_tokens(pre.model, pre.tokenizer)
+    model, tokenizer = add_chat_tokens(pre.model, pre.tokenizer)
+    if dropout is not None:
+        rebuilt = GPT(replace(model.cfg, dropout=dropout, attn_dropout=dropout))
+        rebuilt.load_state_dict(model.state_dict())
+        model = rebuilt.train(model.training)
+    return model, tokenizer
 
 
 def fitting(examples: Sequence[Example], tokenizer: CharTokenizer, max_len: int) -> list[Example]:
@@ -187,7 +213,8 @@ def assistant_dir(stage: str, profile: str, root: Path | None = None) -> Path:
     return (root or cache_dir("assistant")) / f"{stage}-{profile}"
 
 
-def _publish(model: GPT, tokenizer: CharTokenizer, history: list[dict], meta: dict, target: Path) -> Path:
+def _publish(model: GPT, tokenizer: CharTokenizer, history: list[dict], meta: dict, target: Path,
+             adapter=None) -> Path:
     from .chat import hf_chat_tokenizer
     from .interop import gpt_to_hf
 
@@ -195,6 +222,8 @@ def _publish(model: GPT, tokenizer: CharTokenizer, history: list[dict], meta: di
         write_model_files(tmp, model, meta, config=model.cfg.to_dict(), tokenizer=tokenizer, history=history)
         gpt_to_hf(model).save_pretrained(tmp / "hf")
         hf_chat_tokenizer(tokenizer).save_pretrained(tmp / "hf")
+        if adapter is not None:
+            adapter.save_pretrained(tmp / ADAPTER_DIR)
     return target
 
 
@@ -203,11 +232,31 @@ def train_sft(profile: str = "full", root: Path | None = None, progress: bool = 
     profile = get_profile(profile).name
     spec = SFT_SPECS[profile]
     seed_everything(0)
-    model, tokenizer = chat_model(profile, progress)
+    model, tokenizer = chat_model(profile, progress, spec.dropout)
     history, seconds = supervised_fine_tune(model, tokenizer, spec, model.cfg.max_len, progress)
     meta = {"stage": "sft", "profile": profile, "spec": asdict(spec), "train_seconds": round(seconds, 1),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return _publish(model.cpu().eval(), tokenizer, history, meta, assistant_dir("sft", profile, root))
+
+
+def train_lora(profile: str = "full", root: Path | None = None, progress: bool = True) -> Path:
+    """SFT of the profile's chat model through LoRA adapters (and the chat tokens' embedding rows); publish the
+    merged model as the `lora` stage, with the adapter itself in adapter/ (peft's format)."""
+    profile = get_profile(profile).name
+    spec, sft_spec = LORA_SPECS[profile], SFT_SPECS[profile]
+    seed_everything(0)
+    base, tokenizer = chat_model(profile, progress, sft_spec.dropout)
+    added = list(range(load_pretrained("gpt", profile, progress=progress).tokenizer.vocab_size, tokenizer.vocab_size))
+    peft_model = lora_model(base, spec.rank, spec.alpha, spec.target_modules, trainable_tokens=added)
+    trainable, total = trainable_share(peft_model)
+    history, seconds = supervised_fine_tune(peft_model, tokenizer, replace(sft_spec, lr=spec.lr), base.cfg.max_len,
+                                            progress)
+    meta = {"stage": "lora", "profile": profile, "spec": {**asdict(spec), "sft": asdict(sft_spec)},
+            "trainable_parameters": trainable, "total_parameters": total, "trainable_tokens": added,
+            "train_seconds": round(seconds, 1), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    target = assistant_dir("lora", profile, root)
+    merged = merge_lora(copy.deepcopy(peft_model).cpu().eval())  # the adapter itself is published too
+    return _publish(merged.eval(), tokenizer, history, meta, target, adapter=peft_model)
 
 
 def train_dpo(profile: str = "full", root: Path | None = None, progress: bool = True) -> Path:
@@ -248,8 +297,12 @@ def load_assistant(stage: str = "dpo", profile: str | None = None, root: Path | 
     than the one cached now."""
     profile = get_profile(profile).name
     target = assistant_dir(stage, profile, root)
-    spec = (SFT_SPECS if stage == "sft" else DPO_SPECS)[profile]
-    train = train_sft if stage == "sft" else train_dpo
+    if stage not in STAGES:
+        raise ValueError(f"unknown assistant stage {stage!r}; expected one of {STAGES}")
+    spec = {"sft": SFT_SPECS, "lora": LORA_SPECS, "dpo": DPO_SPECS}[stage][profile]
+    recorded = {**asdict(spec), "sft": asdict(SFT_SPECS[profile])} if stage == "lora" else asdict(spec)
+    recorded = json.loads(json.dumps(recorded))  # as meta.json holds it (tuples become lists)
+    train = {"sft": train_sft, "lora": train_lora, "dpo": train_dpo}[stage]
 
     def read(folder: Path) -> Assistant:
         model, tokenizer, meta = read_model_folder(folder, GPTConfig, GPT)
@@ -257,7 +310,7 @@ def load_assistant(stage: str = "dpo", profile: str | None = None, root: Path | 
 
     def stale(folder: Path) -> bool:
         meta = read_meta(folder)
-        if meta.get("spec") != asdict(spec):
+        if meta.get("spec") != recorded:
             return True
         if stage == "dpo":
             sft = published(assistant_dir("sft", profile, root))

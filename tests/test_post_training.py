@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import bigmodel_course.post_training as post
+from bigmodel_course.cli import main
 from bigmodel_course.chat import render
 from bigmodel_course.data.instructions import Example, tool_call
 from bigmodel_course.post_training import (
@@ -9,7 +10,10 @@ from bigmodel_course.post_training import (
     assistant_dir,
     load_assistant,
     preference_pairs,
+    ADAPTER_DIR,
+    chat_model,
     train_dpo,
+    train_lora,
     train_sft,
 )
 
@@ -21,6 +25,7 @@ def cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BIGMODEL_CACHE", str(root))
         train_sft("ci", progress=False)
+        train_lora("ci", progress=False)
         train_dpo("ci", progress=False)
         yield root
 
@@ -79,3 +84,26 @@ def test_preference_pairs_choose_the_best_judged_sample(monkeypatch):
     both = preference_pairs(None, None, [QUESTION, TOOL_Q], 3, 1.0, reference_when_none_right=True)
     assert [(p.chosen, p.rejected) for p in both] == [("正面", "正"), (tool_call("100+200"), "300")]
     assert RIGHT == 2.0
+
+
+def test_the_lora_stage_keeps_its_adapter_which_gives_the_merged_logits(in_cache):
+    from peft import PeftModel
+
+    from bigmodel_course.interop import gpt_to_hf
+
+    lora = load_assistant("lora", "ci", train_if_missing=False)
+    assert 0 < lora.meta["trainable_parameters"] / lora.meta["total_parameters"] < 0.25
+    base, tok = chat_model("ci", progress=False, dropout=0.0)
+    assert lora.meta["trainable_tokens"] == list(range(tok.vocab_size - len(lora.meta["trainable_tokens"]),
+                                                         tok.vocab_size))
+    adapted = PeftModel.from_pretrained(gpt_to_hf(base.eval()), lora.path / ADAPTER_DIR).eval()
+    ids = torch.tensor([render([{"role": "user", "content": "你好"}], tok, add_generation_prompt=True).input_ids])
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(input_ids=ids).logits, lora.model(ids).logits, atol=1e-4, rtol=1e-4)
+        assert (lora.model(ids).logits - base(ids).logits).abs().max() > 1e-3  # training changed the model
+
+
+def test_the_command_line_reports_a_cached_stage(in_cache, capsys):
+    assert main(["sft", "--profile", "ci"]) == 0
+    assert "already trained" in capsys.readouterr().out
+    assert main(["chat", "--profile", "ci", "--max-tokens", "0"]) == 2
