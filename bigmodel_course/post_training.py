@@ -22,7 +22,7 @@ import torch
 
 from .alignment import DPOModel, PreferencePair, pair_batch, sft_loader
 from .assistant import judge_reply
-from .chat import add_chat_tokens, render, reply
+from .chat import END, add_chat_tokens, render, reply
 from .data.instructions import Example, build_instructions
 from .model_cache import (
     HISTORY_FILE,
@@ -43,6 +43,7 @@ from .utils import cache_dir, get_profile, seed_everything
 
 STAGES = ("sft", "lora", "dpo")
 ADAPTER_DIR = "adapter"  # the LoRA stage's adapter, in peft's format
+PAIRS_FILE = "pairs.json"  # the DPO stage's training pairs
 RIGHT = 2.0  # `judge_reply` of a well-formed, fully right reply
 
 
@@ -86,7 +87,7 @@ class DPOSpec:
 
 SFT_SPECS = {
     "ci": SFTSpec(n_per_task=60, max_steps=20, batch_size=16, lr=1e-3, warmup_steps=2),
-    "full": SFTSpec(n_per_task=3000, max_steps=2400, batch_size=32, lr=1e-3, warmup_steps=30),
+    "full": SFTSpec(n_per_task=6000, max_steps=2400, batch_size=32, lr=1e-3, warmup_steps=30),
 }
 LORA_SPECS = {
     "ci": LoRASpec(rank=4, alpha=8.0, target_modules=ALL_LINEAR_MODULES, lr=2e-3),
@@ -205,6 +206,51 @@ def dpo_tune(policy: GPT, tokenizer: CharTokenizer, pairs: Sequence[PreferencePa
     return dpo, trainer.history, time.perf_counter() - start
 
 
+@torch.no_grad()
+def preference_accuracy(policy: GPT, reference: GPT, tokenizer: CharTokenizer, pairs: Sequence[PreferencePair],
+                        batch_size: int = 64) -> float:
+    """Share of pairs whose chosen reply the policy raised more than the rejected one, relative to the reference
+    (the implicit reward margin is positive): DPO's "reward accuracy"; ties are not wins (0 for the reference
+    itself)."""
+    from .alignment import sequence_logprobs
+
+    policy_mode, reference_mode = policy.training, reference.training
+    policy.eval(), reference.eval()
+    wins = 0
+    for batch in preference_loader(pairs, tokenizer, policy.cfg.max_len, batch_size, shuffle=False):
+        ratio = sequence_logprobs(policy, **batch) - sequence_logprobs(reference, **batch)
+        n = len(ratio) // 2  # chosen rows first, then the rejected ones
+        wins += int((ratio[:n] > ratio[n:]).sum())
+    policy.train(policy_mode), reference.train(reference_mode)
+    return wins / len(pairs)
+
+
+@torch.no_grad()
+def sampled_kl(policy: GPT, reference: GPT, tokenizer: CharTokenizer, examples: Sequence[Example],
+               temperature: float = 1.0, seed: int = 0) -> float:
+    """KL(policy ‖ reference) per reply, estimated from one sampled reply of the policy per prompt: the mean of
+    log π(y|x) − log π_ref(y|x) over the samples (in nats)."""
+    from .alignment import sequence_logprobs
+
+    modes = policy.training, reference.training
+    policy.eval(), reference.eval()
+    total = 0.0
+    for k, example in enumerate(examples):
+        prompt = list(example.prompt)
+        r = reply(policy, tokenizer, prompt, policy.cfg.max_len, do_sample=True, temperature=temperature,
+                  seed=seed + k)
+        start = len(render(prompt, tokenizer, add_generation_prompt=True).input_ids)
+        ids = render(prompt, tokenizer, add_generation_prompt=True).input_ids + \
+            tokenizer.encode(r.text, add_special=False) + ([tokenizer.token_to_id(END)] if r.finished else [])
+        x = torch.tensor([ids])
+        mask, completion = torch.ones_like(x), torch.zeros_like(x)
+        completion[0, start:] = 1
+        total += float(sequence_logprobs(policy, x, mask, completion)
+                       - sequence_logprobs(reference, x, mask, completion))
+    policy.train(modes[0]), reference.train(modes[1])
+    return total / len(examples)
+
+
 def assistant_dir(stage: str, profile: str, root: Path | None = None) -> Path:
     """Folder of one assistant stage in the cache."""
     if stage not in STAGES:
@@ -214,7 +260,7 @@ def assistant_dir(stage: str, profile: str, root: Path | None = None) -> Path:
 
 
 def _publish(model: GPT, tokenizer: CharTokenizer, history: list[dict], meta: dict, target: Path,
-             adapter=None) -> Path:
+             adapter=None, pairs: Sequence[PreferencePair] | None = None) -> Path:
     from .chat import hf_chat_tokenizer
     from .interop import gpt_to_hf
 
@@ -224,7 +270,16 @@ def _publish(model: GPT, tokenizer: CharTokenizer, history: list[dict], meta: di
         hf_chat_tokenizer(tokenizer).save_pretrained(tmp / "hf")
         if adapter is not None:
             adapter.save_pretrained(tmp / ADAPTER_DIR)
+        if pairs is not None:
+            (tmp / PAIRS_FILE).write_text(json.dumps([asdict(p) for p in pairs], ensure_ascii=False, indent=1),
+                                          encoding="utf-8")
     return target
+
+
+def load_pairs(path: Path) -> list[PreferencePair]:
+    """The preference pairs a DPO stage was trained on (its pairs.json)."""
+    return [PreferencePair(tuple(p["prompt"]), p["chosen"], p["rejected"])
+            for p in json.loads((Path(path) / PAIRS_FILE).read_text(encoding="utf-8"))]
 
 
 def train_sft(profile: str = "full", root: Path | None = None, progress: bool = True) -> Path:
@@ -276,7 +331,8 @@ def train_dpo(profile: str = "full", root: Path | None = None, progress: bool = 
             "n_pairs": len(pairs),
             "sampling_seconds": round(sampling, 1), "train_seconds": round(seconds, 1),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    return _publish(dpo.policy.cpu().eval(), sft.tokenizer, history, meta, assistant_dir("dpo", profile, root))
+    return _publish(dpo.policy.cpu().eval(), sft.tokenizer, history, meta, assistant_dir("dpo", profile, root),
+                    pairs=pairs)
 
 
 @dataclass

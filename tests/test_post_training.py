@@ -12,6 +12,10 @@ from bigmodel_course.post_training import (
     preference_pairs,
     ADAPTER_DIR,
     chat_model,
+    dpo_tune,
+    load_pairs,
+    preference_accuracy,
+    sampled_kl,
     train_dpo,
     train_lora,
     train_sft,
@@ -107,3 +111,19 @@ def test_the_command_line_reports_a_cached_stage(in_cache, capsys):
     assert main(["sft", "--profile", "ci"]) == 0
     assert "already trained" in capsys.readouterr().out
     assert main(["chat", "--profile", "ci", "--max-tokens", "0"]) == 2
+
+
+def test_dpo_pairs_are_kept_and_training_on_them_wins_them_while_the_reference_ties(in_cache):
+    import copy
+
+    sft = load_assistant("sft", "ci", train_if_missing=False)
+    dpo = load_assistant("dpo", "ci", train_if_missing=False)
+    pairs = load_pairs(dpo.path)
+    assert len(pairs) == dpo.meta["n_pairs"] and all(p.chosen != p.rejected for p in pairs)
+    assert preference_accuracy(sft.model, sft.model, sft.tokenizer, pairs) == 0.0  # every margin is exactly 0
+    policy = copy.deepcopy(sft.model)
+    dpo_tune(policy, sft.tokenizer, pairs, post.DPOSpec(6, 4, 1.0, 0.1, 30, 8, 1e-3), progress=False)
+    assert preference_accuracy(policy, sft.model, sft.tokenizer, pairs) >= 0.9
+    prompts = [QUESTION, TOOL_Q]
+    assert sampled_kl(sft.model, sft.model, sft.tokenizer, prompts) == pytest.approx(0.0, abs=1e-5)
+    assert sampled_kl(policy, sft.model, sft.tokenizer, prompts) != pytest.approx(0.0, abs=1e-3)
