@@ -104,17 +104,19 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _post_train(args: argparse.Namespace) -> int:
-    from .post_training import assistant_dir, load_assistant, train_dpo, train_sft
+    from .post_training import assistant_dir, load_assistant, train_dpo, train_lora, train_sft
 
     path = assistant_dir(args.command, args.profile)
     if (path / "model.safetensors").is_file() and not args.force:
         print(f"already trained: {path} (pass --force to train again)")
         return 0
-    (train_sft if args.command == "sft" else train_dpo)(args.profile, progress=not args.no_progress)
+    train = {"sft": train_sft, "lora": train_lora, "dpo": train_dpo}[args.command]
+    train(args.profile, progress=not args.no_progress)
     loaded = load_assistant(args.command, args.profile, train_if_missing=False)
     losses = [h["train_loss"] for h in loaded.history if "train_loss" in h]
     extra = f", {loaded.meta['n_pairs']} preference pairs" if "n_pairs" in loaded.meta else ""
-    print(f"{args.command} ({args.profile}): {loaded.meta['spec']['max_steps']} steps in "
+    spec = loaded.meta["spec"].get("sft", loaded.meta["spec"])  # LoRA records the SFT spec it follows
+    print(f"{args.command} ({args.profile}): {spec['max_steps']} steps in "
           f"{loaded.meta['train_seconds']} s{extra}, train loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     print(f"saved to {path} (our format) and {path / 'hf'} (transformers, with the chat template)")
     return 0
@@ -274,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")
     pre.set_defaults(func=_pretrain)
     for stage, what in (("sft", "supervised fine-tuning of the chat model on the instruction conversations"),
+                        ("lora", "the same fine-tuning through LoRA adapters (peft)"),
                         ("dpo", "DPO of the SFT assistant on preference pairs of its own judged samples")):
         post = commands.add_parser(stage, help=what)
         post.add_argument("--profile", choices=("ci", "full"), default="full")

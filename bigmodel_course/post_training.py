@@ -96,8 +96,8 @@ LORA_SPECS = {
 DPO_SPECS = {
     "ci": DPOSpec(n_prompts_per_task=6, n_samples=4, temperature=1.0, beta=0.1, max_steps=4, batch_size=4, lr=1e-5,
                   reference_when_none_right=True),
-    "full": DPOSpec(n_prompts_per_task=300, n_samples=6, temperature=1.0, beta=0.1, max_steps=300, batch_size=16,
-                    lr=5e-6),
+    "full": DPOSpec(n_prompts_per_task=300, n_samples=6, temperature=1.0, beta=0.1, max_steps=200, batch_size=16,
+                    lr=2e-5),
 }
 
 
