@@ -13,7 +13,7 @@ plain text, "问：…答：…", one per text ([SEP] between them, the boundary
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +72,22 @@ def judge_reply(example: Example, text: str, finished: bool) -> float:
     return 1.0 + score(example, text)
 
 
+def decision_points(example: Example) -> list[tuple[tuple[dict, ...], str, Callable[[str, bool], float]]]:
+    """Each point of the example where the assistant replies, as (prompt, the data's reply, judge of a reply):
+    one for most tasks; two for a tool-using question (the call, judged by running it; and the answer after the
+    tool's result, right when it is the result)."""
+    def first(text: str, finished: bool) -> float:
+        return judge_reply(example, text, finished)
+
+    points = [(example.prompt, example.messages[len(example.prompt)]["content"], first)]
+    if example.uses_tool:
+        def answer(text: str, finished: bool) -> float:
+            return 1.0 + float(text.strip() == example.answer) if finished else 0.0
+
+        points.append((example.messages[:-1], example.answer, answer))
+    return points
+
+
 @dataclass(frozen=True)
 class Judged:
     """One example's reply, score and well-formedness."""
@@ -111,16 +127,20 @@ def _as_text(messages: Sequence[dict]) -> str:
     return "".join(parts[m["role"]] + m["content"] for m in messages if m["role"] in parts)
 
 
+def _question_ids(example: Example, tokenizer: CharTokenizer) -> list[int]:
+    """The example's question as 问：…答： ids (a sentiment follow-up keeps its earlier turns; every other task is
+    asked with its first turn, arithmetic directly)."""
+    question = [m for m in example.messages if m["role"] == "user"][:1]
+    if example.task == "sentiment" and not example.uses_tool:
+        question = [m for m in example.prompt if m["role"] in ("user", "assistant")]
+    return tokenizer.encode(_as_text(question) + "答：", add_special=False)
+
+
 def few_shot_prompt(example: Example, demos: Sequence[Example], tokenizer: CharTokenizer, max_len: int,
                     room: int) -> tuple[list[int], int]:
     """Ids of [SEP] demo [SEP] demo … [SEP] question 答： with as many `demos` (asked directly, final turn only) as
     fit in `max_len` − `room` tokens; returns (ids, demos used)."""
-    question = [m for m in example.messages if m["role"] == "user"]
-    if example.uses_tool or example.task != "sentiment":
-        question = question[:1]
-    else:  # a follow-up: the earlier turns stay, as in the chat prompt
-        question = [m for m in example.prompt if m["role"] in ("user", "assistant")]
-    tail = tokenizer.encode(_as_text(question) + "答：", add_special=False)
+    tail = _question_ids(example, tokenizer)
     ids, used = [tokenizer.sep_id], 0
     for d in demos:
         demo = tokenizer.encode(_as_text([next(m for m in d.messages if m["role"] == "user")])
@@ -137,13 +157,14 @@ def few_shot_prompt(example: Example, demos: Sequence[Example], tokenizer: CharT
 def evaluate_few_shot(model, tokenizer: CharTokenizer, examples: Sequence[Example], demos: Sequence[Example],
                       max_new_tokens: int = 40) -> dict[str, dict]:
     """Per task like `evaluate`, for a base model asked few-shot with demos of the same task (arithmetic always
-    directly: a base model cannot call tools); `shots` is the mean number of demos that fit."""
+    directly: a base model cannot call tools); `shots` is the mean number of demos that fit. A long question
+    leaves the answer fewer than `max_new_tokens` tokens (what is left of the context)."""
     by_task: dict[str, list[Example]] = defaultdict(list)
     for d in demos:
         by_task[d.task].append(d)
     groups: dict[str, list[tuple[Judged, int]]] = defaultdict(list)
     for e in examples:
-        room = min(max_new_tokens, model.cfg.max_len - 8)
+        room = min(max_new_tokens, model.cfg.max_len - 1 - len(_question_ids(e, tokenizer)))
         ids, used = few_shot_prompt(e, by_task[e.task], tokenizer, model.cfg.max_len, room)
         out = generate(model, torch.tensor([ids]), max_new_tokens=room, stop_ids=(tokenizer.sep_id,))[0, len(ids):]
         out = out.tolist()

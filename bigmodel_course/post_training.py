@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .alignment import DPOModel, PreferencePair, pair_batch, sft_loader
-from .assistant import judge_reply
+from .assistant import decision_points
 from .chat import END, add_chat_tokens, render, reply
 from .data.instructions import Example, build_instructions
 from .model_cache import (
@@ -159,24 +159,25 @@ def sample_replies(model: GPT, tokenizer: CharTokenizer, prompt: Sequence[dict],
 def preference_pairs(model: GPT, tokenizer: CharTokenizer, examples: Sequence[Example], n_samples: int,
                      temperature: float, seed: int = 0,
                      reference_when_none_right: bool = False) -> list[PreferencePair]:
-    """On-policy pairs: for each example, `n_samples` replies of `model` to its prompt, judged by `judge_reply`; the
-    best-judged reply is chosen and a worse one (the worst, ties broken at random) rejected. Prompts whose samples
-    are all judged alike give no pair, unless `reference_when_none_right`: then a prompt without a right sample
-    pairs the reference reply (chosen) with its worst sample."""
+    """On-policy pairs: at each point where an example's assistant replies (`assistant.decision_points`: the reply;
+    for a tool-using question the call and the answer after the tool's result), `n_samples` replies of `model`,
+    judged; the best-judged reply is chosen and a worse one (the worst, ties broken at random) rejected. Points
+    whose samples are all judged alike give no pair, unless `reference_when_none_right`: then a point without a
+    right sample pairs the data's reply (chosen) with its worst sample."""
     rng = random.Random(seed)
     pairs = []
     for k, example in enumerate(examples):
-        samples = sample_replies(model, tokenizer, example.prompt, n_samples, temperature, seed + 1000 * k)
-        judged = {text: judge_reply(example, text, finished) for text, finished in samples if text}
-        reference = example.messages[len(example.prompt)]["content"]  # the reply the data gives
-        if reference_when_none_right and judged and max(judged.values()) < RIGHT and reference not in judged:
-            judged[reference] = RIGHT
-        if len(set(judged.values())) < 2:
-            continue
-        best, worst = max(judged.values()), min(judged.values())
-        chosen = rng.choice([t for t, s in judged.items() if s == best])
-        rejected = rng.choice([t for t, s in judged.items() if s == worst])
-        pairs.append(PreferencePair(tuple(example.prompt), chosen, rejected))
+        for j, (prompt, reference, judge) in enumerate(decision_points(example)):
+            samples = sample_replies(model, tokenizer, prompt, n_samples, temperature, seed + 1000 * k + 100 * j)
+            judged = {text: judge(text, finished) for text, finished in samples if text}
+            if reference_when_none_right and judged and max(judged.values()) < RIGHT and reference not in judged:
+                judged[reference] = RIGHT
+            if len(set(judged.values())) < 2:
+                continue
+            best, worst = max(judged.values()), min(judged.values())
+            chosen = rng.choice([t for t, s in judged.items() if s == best])
+            rejected = rng.choice([t for t, s in judged.items() if s == worst])
+            pairs.append(PreferencePair(tuple(prompt), chosen, rejected))
     return pairs
 
 

@@ -80,13 +80,16 @@ TOOL_Q = Example("arith", ({"role": "user", "content": "计算 100+200"},
 
 def test_preference_pairs_choose_the_best_judged_sample(monkeypatch):
     samples = {"好不好": [("负面", True), ("正面", True), ("正", False)],
-               "计算 100+200": [("300", True), ("300", True)]}  # never calls the tool: all judged alike
+               "计算 100+200": [("300", True), ("300", True)],  # never calls the tool: all judged alike
+               "300": [("3000", True), ("300", True)]}  # the answer after the tool's result
     monkeypatch.setattr(post, "sample_replies", lambda m, t, prompt, n, temp, seed: samples[prompt[-1]["content"]])
     pairs = preference_pairs(None, None, [QUESTION, TOOL_Q], n_samples=3, temperature=1.0)
-    assert [(p.chosen, p.rejected) for p in pairs] == [("正面", "正")]  # right > wrong > cut off; no pair for TOOL_Q
-    assert pairs[0].prompt == QUESTION.prompt
+    # right > wrong > cut off; no pair for the call; the answer step of TOOL_Q prefers the tool's result
+    assert [(p.chosen, p.rejected) for p in pairs] == [("正面", "正"), ("300", "3000")]
+    assert pairs[0].prompt == QUESTION.prompt and pairs[1].prompt == TOOL_Q.messages[:-1]
     both = preference_pairs(None, None, [QUESTION, TOOL_Q], 3, 1.0, reference_when_none_right=True)
-    assert [(p.chosen, p.rejected) for p in both] == [("正面", "正"), (tool_call("100+200"), "300")]
+    assert [(p.chosen, p.rejected) for p in both] == [("正面", "正"), (tool_call("100+200"), "300"),
+                                                      ("300", "3000")]
     assert RIGHT == 2.0
 
 

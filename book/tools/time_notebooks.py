@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import subprocess
@@ -159,15 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := only - {p.name for p in notebooks}:
         raise SystemExit(f"not chapter notebooks of the book: {sorted(unknown)}")
     if set(profiles) != set(PROFILES) or only:
-        last = json.loads((args.out / "timings.json").read_text(encoding="utf-8"))["notebooks"]
+        last = previous_timings(args.out / "timings.json", args.table)
         previous = {r["notebook"]: r for r in last}
         missing = [r["notebook"] for r in rows if r["notebook"] not in previous]
-        if missing:
-            raise SystemExit(f"no earlier timing for {missing}: run every profile")
+        if set(missing) - only or (missing and set(profiles) != set(PROFILES)):
+            raise SystemExit(f"no earlier timing for {missing}: time them with --only in every profile")
         for row in rows:
+            if row["notebook"] in missing:  # a notebook new to the book: timed below in every profile
+                continue
             row.update({p: previous[row["notebook"]][p] for p in PROFILES})
             for p in profiles:
-                if row["notebook"] in only and previous[row["notebook"]][p].get("cache_before"):
+                if row["notebook"] in only and previous.get(row["notebook"], {}).get(p, {}).get("cache_before"):
                     raise SystemExit(f"{row['notebook']} ({p}) used models an earlier notebook cached: "
                                      "re-time the whole profile instead")
     for profile in profiles:
@@ -192,6 +195,26 @@ def main(argv: list[str] | None = None) -> int:
                                                       indent=1), encoding="utf-8")
     write_table(args.table, render(rows, info))
     return 0
+
+
+_ROW = re.compile(r"^\| `(?P<nb>[\w.]+\.ipynb)` \| (?P<title>.+?) \| (?P<ci>[\d.]+)(?P<ci_busy>\\\*)? \| "
+                  r"(?P<full>[\d.]+)(?P<full_busy>\\\*)? \| (?P<peak>[\d,]+) \|$", re.MULTILINE)
+
+
+def previous_timings(json_path: Path, table: Path) -> list[dict]:
+    """The last run's rows: from its timings.json, or, on a machine without it, read back from the committed
+    table (minutes to seconds; which models each run found cached is not in the table and counts as none)."""
+    if json_path.is_file():
+        return json.loads(json_path.read_text(encoding="utf-8"))["notebooks"]
+    rows = []
+    for m in _ROW.finditer(table.read_text(encoding="utf-8")):
+        def measured(col: str, peak: int) -> dict:
+            seconds = float(m[col]) * 60
+            return {"seconds": seconds, "peak_mib": peak, "other_cpu_s": seconds if m[f"{col}_busy"] else 0.0,
+                    "cache_before": []}
+        rows.append({"notebook": m["nb"], "title": m["title"], "ci": measured("ci", 0),
+                     "full": measured("full", int(m["peak"].replace(",", "")))})
+    return rows
 
 
 def write_table(path: Path, text: str) -> None:
