@@ -110,10 +110,15 @@ def test_the_lora_stage_keeps_its_adapter_which_gives_the_merged_logits(in_cache
         assert (lora.model(ids).logits - base(ids).logits).abs().max() > 1e-3  # training changed the model
 
 
-def test_the_command_line_reports_a_cached_stage(in_cache, capsys):
+def test_the_command_line_reports_a_cached_stage_and_chats(in_cache, capsys, monkeypatch):
     assert main(["sft", "--profile", "ci"]) == 0
     assert "already trained" in capsys.readouterr().out
     assert main(["chat", "--profile", "ci", "--max-tokens", "0"]) == 2
+    said = iter(["这家店怎么样？", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(said))
+    assert main(["chat", "--profile", "ci", "--stage", "sft", "--max-tokens", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "assistant (sft, ci)" in out and out.count("助手：") == 1  # one streamed reply, then the empty line ends
 
 
 def test_dpo_pairs_are_kept_and_training_on_them_wins_them_while_the_reference_ties(in_cache):
