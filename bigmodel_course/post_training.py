@@ -24,6 +24,7 @@ from .alignment import DPOModel, PreferencePair, pair_batch, sft_loader
 from .assistant import decision_points
 from .chat import END, add_chat_tokens, render, reply
 from .data.instructions import Example, build_instructions
+from .generation import generate
 from .model_cache import (
     HISTORY_FILE,
     is_cached,
@@ -230,22 +231,23 @@ def preference_accuracy(policy: GPT, reference: GPT, tokenizer: CharTokenizer, p
 def sampled_kl(policy: GPT, reference: GPT, tokenizer: CharTokenizer, examples: Sequence[Example],
                temperature: float = 1.0, seed: int = 0) -> float:
     """KL(policy ‖ reference) per reply, estimated from one sampled reply of the policy per prompt: the mean of
-    log π(y|x) − log π_ref(y|x) over the samples (in nats)."""
+    log π(y|x) − log π_ref(y|x) over the samples' tokens (up to and with <|end|>), in nats."""
     from .alignment import sequence_logprobs
 
     modes = policy.training, reference.training
     policy.eval(), reference.eval()
+    end = tokenizer.token_to_id(END)
     total = 0.0
     for k, example in enumerate(examples):
-        prompt = list(example.prompt)
-        r = reply(policy, tokenizer, prompt, policy.cfg.max_len, do_sample=True, temperature=temperature,
-                  seed=seed + k)
-        start = len(render(prompt, tokenizer, add_generation_prompt=True).input_ids)
-        ids = render(prompt, tokenizer, add_generation_prompt=True).input_ids + \
-            tokenizer.encode(r.text, add_special=False) + ([tokenizer.token_to_id(END)] if r.finished else [])
-        x = torch.tensor([ids])
+        prompt = render(list(example.prompt), tokenizer, add_generation_prompt=True).input_ids
+        out = generate(policy, torch.tensor([prompt]), max_new_tokens=policy.cfg.max_len - len(prompt),
+                       stop_ids=(end,), do_sample=True, temperature=temperature, seed=seed + k)[0].tolist()
+        reply_ids = out[len(prompt):]
+        if end in reply_ids:
+            reply_ids = reply_ids[: reply_ids.index(end) + 1]
+        x = torch.tensor([prompt + reply_ids])
         mask, completion = torch.ones_like(x), torch.zeros_like(x)
-        completion[0, start:] = 1
+        completion[0, len(prompt):] = 1
         total += float(sequence_logprobs(policy, x, mask, completion)
                        - sequence_logprobs(reference, x, mask, completion))
     policy.train(modes[0]), reference.train(modes[1])
