@@ -94,9 +94,22 @@ def pair_batch(pairs: Sequence[PreferencePair], tokenizer: CharTokenizer, max_le
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "completion_mask": completion}
 
 
+def preference_loader(pairs: Sequence[PreferencePair], tokenizer: CharTokenizer, max_len: int, batch_size: int,
+                      shuffle: bool = True, seed: int = 0) -> DataLoader:
+    """Batches of `pair_batch` over the pairs, reshuffled every pass when `shuffle`."""
+    if not pairs:
+        raise ValueError("no preference pairs to train on")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    return DataLoader(list(pairs), batch_size=batch_size, shuffle=shuffle,
+                      collate_fn=partial(pair_batch, tokenizer=tokenizer, max_len=max_len),
+                      generator=torch.Generator().manual_seed(seed) if shuffle else None)
+
+
 class DPOModel(nn.Module):
-    """The policy being trained and a frozen copy of its starting point (the reference); forward(**pair_batch)
-    returns the DPO loss, and as `logits` the per-pair reward margins (chosen − rejected)."""
+    """The policy being trained and a frozen copy of its starting point (the reference; a `reference` passed in is
+    frozen in place); forward(**pair_batch) returns the DPO loss, and as `logits` the per-pair reward margins
+    (chosen − rejected)."""
 
     def __init__(self, policy: nn.Module, beta: float, reference: nn.Module | None = None) -> None:
         super().__init__()

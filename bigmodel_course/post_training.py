@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .alignment import DPOModel, PreferencePair, pair_batch, sft_loader
+from .alignment import DPOModel, PreferencePair, preference_loader, sequence_logprobs, sft_loader
 from .assistant import decision_points
 from .chat import END, add_chat_tokens, render, reply
 from .data.instructions import Example, build_instructions
@@ -182,18 +182,6 @@ def preference_pairs(model: GPT, tokenizer: CharTokenizer, examples: Sequence[Ex
     return pairs
 
 
-def preference_loader(pairs: Sequence[PreferencePair], tokenizer: CharTokenizer, max_len: int, batch_size: int,
-                      shuffle: bool = True, seed: int = 0):
-    """Batches of `alignment.pair_batch` over the pairs."""
-    from torch.utils.data import DataLoader
-
-    if not pairs:
-        raise ValueError("no preference pairs to train on")
-    return DataLoader(list(pairs), batch_size=batch_size, shuffle=shuffle,
-                      collate_fn=lambda b: pair_batch(b, tokenizer, max_len),
-                      generator=torch.Generator().manual_seed(seed) if shuffle else None)
-
-
 def dpo_tune(policy: GPT, tokenizer: CharTokenizer, pairs: Sequence[PreferencePair], spec: DPOSpec,
              progress: bool = True, seed: int = 0) -> tuple[DPOModel, list[dict], float]:
     """Train `policy` in place with DPO on `pairs` (its starting point frozen as the reference); returns
@@ -214,8 +202,6 @@ def preference_accuracy(policy: GPT, reference: GPT, tokenizer: CharTokenizer, p
     """Share of pairs whose chosen reply the policy raised more than the rejected one, relative to the reference
     (the implicit reward margin is positive): DPO's "reward accuracy"; ties are not wins (0 for the reference
     itself)."""
-    from .alignment import sequence_logprobs
-
     policy_mode, reference_mode = policy.training, reference.training
     policy.eval(), reference.eval()
     wins = 0
@@ -232,8 +218,6 @@ def sampled_kl(policy: GPT, reference: GPT, tokenizer: CharTokenizer, examples: 
                temperature: float = 1.0, seed: int = 0) -> float:
     """KL(policy ‖ reference) per reply, estimated from one sampled reply of the policy per prompt: the mean of
     log π(y|x) − log π_ref(y|x) over the samples' tokens (up to and with <|end|>), in nats."""
-    from .alignment import sequence_logprobs
-
     modes = policy.training, reference.training
     policy.eval(), reference.eval()
     end = tokenizer.token_to_id(END)
@@ -355,9 +339,7 @@ def load_assistant(stage: str = "dpo", profile: str | None = None, root: Path | 
     is missing, was trained with another recipe than the specs hold now, or (DPO) started from another SFT model
     than the one cached now."""
     profile = get_profile(profile).name
-    target = assistant_dir(stage, profile, root)
-    if stage not in STAGES:
-        raise ValueError(f"unknown assistant stage {stage!r}; expected one of {STAGES}")
+    target = assistant_dir(stage, profile, root)  # checks the stage
     spec = {"sft": SFT_SPECS, "lora": LORA_SPECS, "dpo": DPO_SPECS}[stage][profile]
     recorded = {**asdict(spec), "sft": asdict(SFT_SPECS[profile])} if stage == "lora" else asdict(spec)
     recorded = json.loads(json.dumps(recorded))  # as meta.json holds it (tuples become lists)

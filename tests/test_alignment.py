@@ -5,7 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bigmodel_course.alignment import DPOModel, PreferencePair, dpo_loss, pair_batch, sequence_logprobs, sft_loader
+from bigmodel_course.alignment import (
+    DPOModel,
+    PreferencePair,
+    dpo_loss,
+    pair_batch,
+    preference_loader,
+    sequence_logprobs,
+    sft_loader,
+)
 from bigmodel_course.chat import CHAT_TOKENS, hf_chat_tokenizer, render
 from bigmodel_course.tokenization import CharTokenizer
 from bigmodel_course.training import Trainer, TrainConfig
@@ -130,3 +138,12 @@ def test_sft_loader_covers_every_conversation(tok):
     assert [b["input_ids"].tolist() for b in batches] != [b["input_ids"].tolist() for b in loader]  # reshuffled
     with pytest.raises(ValueError, match="no conversations"):
         sft_loader([], tok.pad_id, 4)
+
+
+@pytest.mark.unit
+def test_preference_loader_batches_every_pair(tok):
+    batches = list(preference_loader(PAIRS * 3, tok, 32, batch_size=4, shuffle=False))
+    assert [b["input_ids"].shape[0] for b in batches] == [8, 4]  # chosen and rejected rows of 4 + 2 pairs
+    torch.testing.assert_close(batches[0]["input_ids"], pair_batch(PAIRS * 2, tok, 32)["input_ids"])
+    with pytest.raises(ValueError, match="no preference pairs"):
+        preference_loader([], tok, 32, 4)
