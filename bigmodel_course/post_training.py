@@ -151,7 +151,7 @@ def sample_replies(model: GPT, tokenizer: CharTokenizer, prompt: Sequence[dict],
     for i in range(n):
         r = reply(model, tokenizer, prompt, min(max_new_tokens, room), do_sample=True, temperature=temperature,
                   seed=seed + i)
-        ids = tokenizer.encode(r.text, add_special=False)
+        ids = tokenizer.encode(r.text, add_special=False) if r.text else []
         if len(ids) == r.n_tokens - int(r.finished) and tokenizer.unk_id not in ids:
             out.append((r.text, r.finished))
     return out
