@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -76,10 +77,7 @@ def decision_points(example: Example) -> list[tuple[tuple[dict, ...], str, Calla
     """Each point of the example where the assistant replies, as (prompt, the data's reply, judge of a reply):
     one for most tasks; two for a tool-using question (the call, judged by running it; and the answer after the
     tool's result, right when it is the result)."""
-    def first(text: str, finished: bool) -> float:
-        return judge_reply(example, text, finished)
-
-    points = [(example.prompt, example.messages[len(example.prompt)]["content"], first)]
+    points = [(example.prompt, example.messages[len(example.prompt)]["content"], partial(judge_reply, example))]
     if example.uses_tool:
         def answer(text: str, finished: bool) -> float:
             return 1.0 + float(text.strip() == example.answer) if finished else 0.0
@@ -108,17 +106,26 @@ def answer_example(model, tokenizer, example: Example, max_new_tokens: int = 64)
     return Judged(example, out.text, score(example, out.text), out.finished)
 
 
+def _group(example: Example) -> str:
+    """The row an example is reported in: its task, arithmetic split into through-the-tool and direct."""
+    return "arith_direct" if example.task == "arith" and not example.uses_tool else example.task
+
+
+def _per_task(judged: Sequence[Judged], **extra: Sequence[float]) -> dict[str, dict]:
+    """n, mean score, well-formed share and the judged replies per row, plus the mean of each `extra` series."""
+    rows: dict[str, list[int]] = defaultdict(list)
+    for i, j in enumerate(judged):
+        rows[_group(j.example)].append(i)
+    return {t: {"n": len(rows[t]), "score": sum(judged[i].score for i in rows[t]) / len(rows[t]),
+                "well_formed": sum(judged[i].well_formed for i in rows[t]) / len(rows[t]),
+                **{k: sum(v[i] for i in rows[t]) / len(rows[t]) for k, v in extra.items()},
+                "judged": [judged[i] for i in rows[t]]}
+            for t in (*TASKS, "arith_direct") if t in rows}
+
+
 def evaluate(model, tokenizer, examples: Sequence[Example], max_new_tokens: int = 64) -> dict[str, dict]:
     """Per task (arithmetic split into through-the-tool and direct): n, mean score and well-formed share."""
-    groups: dict[str, list[Judged]] = defaultdict(list)
-    for e in examples:
-        judged = answer_example(model, tokenizer, e, max_new_tokens)
-        key = "arith_direct" if e.task == "arith" and not e.uses_tool else e.task
-        groups[key].append(judged)
-    order = [t for t in (*TASKS, "arith_direct") if t in groups]
-    return {t: {"n": len(groups[t]), "score": sum(j.score for j in groups[t]) / len(groups[t]),
-                "well_formed": sum(j.well_formed for j in groups[t]) / len(groups[t]), "judged": groups[t]}
-            for t in order}
+    return _per_task([answer_example(model, tokenizer, e, max_new_tokens) for e in examples])
 
 
 def _as_text(messages: Sequence[dict]) -> str:
@@ -162,7 +169,7 @@ def evaluate_few_shot(model, tokenizer: CharTokenizer, examples: Sequence[Exampl
     by_task: dict[str, list[Example]] = defaultdict(list)
     for d in demos:
         by_task[d.task].append(d)
-    groups: dict[str, list[tuple[Judged, int]]] = defaultdict(list)
+    judged, shots = [], []
     for e in examples:
         room = min(max_new_tokens, model.cfg.max_len - 1 - len(_question_ids(e, tokenizer)))
         ids, used = few_shot_prompt(e, by_task[e.task], tokenizer, model.cfg.max_len, room)
@@ -170,10 +177,6 @@ def evaluate_few_shot(model, tokenizer: CharTokenizer, examples: Sequence[Exampl
         out = out.tolist()
         finished = tokenizer.sep_id in out
         text = tokenizer.decode(out[: out.index(tokenizer.sep_id)] if finished else out)
-        key = "arith_direct" if e.task == "arith" and not e.uses_tool else e.task
-        groups[key].append((Judged(e, text, score(e, text), finished), used))
-    order = [t for t in (*TASKS, "arith_direct") if t in groups]
-    return {t: {"n": len(groups[t]), "score": sum(j.score for j, _ in groups[t]) / len(groups[t]),
-                "well_formed": sum(j.well_formed for j, _ in groups[t]) / len(groups[t]),
-                "shots": sum(u for _, u in groups[t]) / len(groups[t]), "judged": [j for j, _ in groups[t]]}
-            for t in order}
+        judged.append(Judged(e, text, score(e, text), finished))
+        shots.append(used)
+    return _per_task(judged, shots=shots)
