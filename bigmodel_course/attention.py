@@ -143,13 +143,27 @@ def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
 
 @dataclass
 class KVCache:
-    """Keys and values of the tokens seen so far, for one attention layer."""
+    """Keys and values of the tokens seen so far, for one attention layer.
+
+    The cache protocol attention relies on: `offset` (the position of the next token: an int, or a (B,) tensor
+    when each sequence of the batch has cached a different number of tokens), `update(k, v)` and
+    `key_mask(q_len)` (which cached keys each query may see, beyond causality; None here, every row being full).
+    """
 
     k: Tensor | None = None
     v: Tensor | None = None
 
     def __len__(self) -> int:
         return 0 if self.k is None else self.k.shape[-2]
+
+    @property
+    def offset(self) -> int:
+        """Position of the next token: the number of tokens cached."""
+        return len(self)
+
+    def key_mask(self, q_len: int) -> Tensor | None:
+        """No extra mask: every sequence of the batch has the same cached length."""
+        return None
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append new keys/values (B, H, T, d) and return everything cached so far."""
@@ -247,10 +261,13 @@ class MultiHeadAttention(nn.Module):
         q, k, v = self._project(query, key)
         q, k, v = self._split(q, self.n_heads), self._split(k, self.n_kv_heads), self._split(v, self.n_kv_heads)
         if self.rotary is not None:
-            past = 0 if kv_cache is None else len(kv_cache)
+            past = 0 if kv_cache is None else kv_cache.offset
             q, k = self.rotary(q, offset=past), self.rotary(k, offset=past)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)  # the cache holds n_kv_heads heads: GQA's memory saving
+            cache_mask = kv_cache.key_mask(q.shape[-2])
+            if cache_mask is not None:
+                attn_mask = cache_mask if attn_mask is None else attn_mask & cache_mask
         n_rep = self.n_heads // self.n_kv_heads
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
         p = self.dropout if self.training else 0.0

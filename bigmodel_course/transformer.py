@@ -169,8 +169,9 @@ class Embeddings(nn.Module):
         self.norm = make_norm(cfg) if cfg.embedding_norm else None
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None, offset: int = 0) -> Tensor:
-        """Embed (B, T) token ids whose first token sits at position `offset`.
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None, offset: int | Tensor = 0) -> Tensor:
+        """Embed (B, T) token ids whose first token sits at position `offset` (an int, or a (B,) tensor of
+        per-sequence offsets).
 
         The one place a forward pass validates its ids: input_ids and any given token_type_ids are
         range-checked together, with one device sync.
@@ -184,9 +185,10 @@ class Embeddings(nn.Module):
                 f"token_type_ids has shape {tuple(token_type_ids.shape)}, input_ids {tuple(input_ids.shape)}"
             )
         T = input_ids.shape[1]
-        if offset + T > self.cfg.max_len:
+        last = int(offset.max()) if isinstance(offset, Tensor) and offset.numel() else offset
+        if isinstance(last, int) and last + T > self.cfg.max_len:
             raise ValueError(
-                f"sequence of {offset + T} tokens is longer than max_len={self.cfg.max_len} "
+                f"sequence of {last + T} tokens is longer than max_len={self.cfg.max_len} "
                 f"(the position table)"
             )
         x = self.word(input_ids)
@@ -404,16 +406,23 @@ class TransformerStack(nn.Module):
         kv_cache: list[KVCache] | None = None,
         return_attention: bool = False,
     ) -> ModelOutput:
-        """Hidden states (B, T, d) for token ids (B, T); attention_mask (B, past + T) marks real tokens."""
-        past = 0
+        """Hidden states (B, T, d) for token ids (B, T); attention_mask (B, past + T) marks real tokens.
+
+        kv_cache: one cache per layer (`attention.KVCache`, or any object with its `offset`, `update` and
+        `key_mask`, such as the serving engine's per-sequence slots, whose offsets differ row by row).
+        """
+        past: int | Tensor = 0
         if kv_cache is not None:
             if not self.causal:
                 raise ValueError("a KV cache only makes sense for a causal (decoder) model")
             if len(kv_cache) != len(self.layers):
                 raise ValueError(f"kv_cache has {len(kv_cache)} entries, the model {len(self.layers)} layers")
-            past = len(kv_cache[0])
+            past = kv_cache[0].offset
         x = self.embeddings(input_ids, token_type_ids, offset=past)  # validates input_ids (once per forward)
         B, T = input_ids.shape
+        if attention_mask is not None and isinstance(past, Tensor):
+            raise ValueError("an attention_mask cannot be combined with per-sequence cache offsets; the cache "
+                             "masks each sequence's keys itself")
         _check_attention_mask(attention_mask, B, past + T)
         attentions = []
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
