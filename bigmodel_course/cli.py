@@ -264,11 +264,12 @@ def _bench_llm_serve(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=4736, max_len=128, d_model=128, n_heads=4, n_layers=4, dropout=0.0, attn_dropout=0.0)
     model = GPT(cfg).eval()
-    rows = bench_llm_serve(model, tuple(args.concurrency), requests=args.requests)
+    rows = bench_llm_serve(model, tuple(args.concurrency), requests=args.requests, rounds=args.rounds)
     print(f"generation engine on the CPU ({torch.get_num_threads()} threads), a randomly initialised GPT of the "
           f"Chapter 2 size (4 layers, width 128, context 128; the time does not depend on the weights), "
           f"{args.requests} requests per row with prompts of 8–42 and replies of 8–64 tokens, greedy; "
-          "closed loop: each stream sends its next request when the last one ends")
+          f"closed loop: each stream sends its next request when the last one ends; medians of {args.rounds} "
+          "rounds, throughput ratio to one at a time with its range over rounds")
     print(format_llm_serve(rows))
     return 0
 
@@ -349,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     llm = which.add_parser("llm-serve", help="one at a time vs static vs continuous batching of generation requests")
     llm.add_argument("--concurrency", type=_positive_int, nargs="+", default=[1, 4, 8, 16])
     llm.add_argument("--requests", type=_positive_int, default=32, help="requests per policy and concurrency")
+    llm.add_argument("--rounds", type=_positive_int, default=3, help="repetitions of the whole grid (default 3)")
     llm.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0: torch's choice)")
     llm.set_defaults(func=_bench_llm_serve)
     srv = which.add_parser("serve", help="load test of the model service with tiny random models")

@@ -192,3 +192,23 @@ def test_batched_decode_over_slots_gives_each_sequence_its_own_logits(name):
         for row, (ids, new) in enumerate(zip(seqs.values(), [20, 21])):
             full = model(torch.tensor([ids + [new]])).logits[0, -1]
             torch.testing.assert_close(logits[row], full, atol=1e-5, rtol=0)
+
+
+def test_benchmark_rows_and_timeline_cover_every_request():
+    from bigmodel_course.serving.llm_bench import bench_llm_serve, format_llm_serve, llm_workload, summarise, timeline
+
+    model = model_for("gpt2-style")
+    rows = bench_llm_serve(model, (1, 3), requests=5, rounds=2)
+    assert len(rows) == 2 * 2 * 3 and all(r.requests == 5 for r in rows)
+    work = llm_workload(model, 5)
+    assert all(r.tokens == sum(n for _, n in work) for r in rows)  # greedy, no stop: every reply is max_tokens long
+    summary = summarise(rows)
+    one = [s for s in summary if s["policy"] == "one at a time"]
+    assert all(s["speedup"] == (1.0, 1.0, 1.0) for s in one)
+    assert "continuous batching" in format_llm_serve(rows)
+    cells = timeline(Engine(model, max_batch_size=3), work, 3)
+    assert {i for _, _, i in cells} == set(range(5)) and {slot for _, slot, _ in cells} <= {0, 1, 2}
+    per_step = {}
+    for step, slot, i in cells:
+        per_step.setdefault(step, set()).add(slot)
+    assert max(len(v) for v in per_step.values()) == 3
