@@ -194,7 +194,6 @@ class MultiHeadAttention(nn.Module):
         fused: bool = True,
         rotary: nn.Module | None = None,
         n_kv_heads: int | None = None,
-        out_bias: bool | None = None,
     ) -> None:
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
@@ -214,7 +213,7 @@ class MultiHeadAttention(nn.Module):
         self.fused = fused
         self.rotary = rotary
         self.in_proj = nn.Linear(d_model, d_model + 2 * self.kv_dim, bias=bias)
-        self.out_proj = nn.Linear(d_model, d_model, bias=bias if out_bias is None else out_bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 
     def _split(self, x: Tensor, heads: int) -> Tensor:
         B, T, _ = x.shape

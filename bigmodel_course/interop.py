@@ -36,6 +36,14 @@ def _load_exact(module: nn.Module, state: dict[str, Tensor], what: str) -> None:
         raise ValueError(f"cannot convert {what}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
+def _check_classic_blocks(cfg: TransformerConfig, target: str) -> None:
+    """GPT-2 and BERT blocks: LayerNorm, an ungated MLP, biases, one key/value head per query head, no experts."""
+    if cfg.norm != "layer" or cfg.activation not in _OUR_ACT or not cfg.bias or cfg.n_kv_heads != cfg.n_heads \
+            or cfg.n_experts:
+        raise ValueError(f"{target} blocks have LayerNorm, a {'/'.join(_OUR_ACT)} MLP, biases, as many key/value "
+                         "heads as query heads and no experts; convert Llama-style models with llama_to_hf")
+
+
 # ---------------------------------------------------------------- GPT-2
 
 
@@ -67,6 +75,7 @@ def gpt_config_to_hf(cfg: TransformerConfig):
 
     if cfg.position != "learned" or not cfg.norm_first or cfg.type_vocab_size or cfg.embedding_norm:
         raise ValueError("only pre-LN GPTs with learned positions and no segment embeddings map to GPT-2")
+    _check_classic_blocks(cfg, "GPT-2")
     return GPT2Config(
         vocab_size=cfg.vocab_size, n_positions=cfg.max_len, n_embd=cfg.d_model, n_layer=cfg.n_layers,
         n_head=cfg.n_heads, n_inner=cfg.d_ff, activation_function=_OUR_ACT[cfg.activation],
@@ -182,6 +191,7 @@ def encoder_config_to_hf(cfg: TransformerConfig):
 
     if cfg.position != "learned" or cfg.norm_first or not cfg.embedding_norm or not cfg.type_vocab_size:
         raise ValueError("only post-LN encoders with learned positions and segment embeddings map to BERT")
+    _check_classic_blocks(cfg, "BERT")
     return BertConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
         num_attention_heads=cfg.n_heads, intermediate_size=cfg.d_ff, hidden_act=_OUR_ACT[cfg.activation],

@@ -105,6 +105,10 @@ def test_llama_conversion_refuses_what_it_cannot_express():
         llama_to_hf(GPT(GPTConfig(vocab_size=61, max_len=32, d_model=32, n_heads=4, n_layers=1)))
     with pytest.raises(ValueError, match="no experts"):
         llama_to_hf(GPT(llama(n_experts=2)))
+    from bigmodel_course.interop import gpt_to_hf
+
+    with pytest.raises(ValueError, match="llama_to_hf"):
+        gpt_to_hf(GPT(GPTConfig(vocab_size=61, max_len=32, d_model=32, n_heads=4, n_kv_heads=2, n_layers=1)))
 
 
 def dense_reference(moe: MoEFeedForward, x: torch.Tensor) -> torch.Tensor:

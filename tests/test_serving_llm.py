@@ -226,3 +226,18 @@ def test_the_official_openai_client_talks_to_our_server(chat_model, tmp_path):
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).completions.create(
                 model="tiny", prompt="你", max_tokens=2)
+
+
+def test_a_failing_engine_iteration_answers_500_and_the_service_recovers(chat_model, tmp_path, monkeypatch):
+    body = {"model": "tiny", "prompt": "你好", "max_tokens": 3}
+    with client_for(chat_model, tmp_path) as (client, service):
+        real_step = service.engine.step
+        monkeypatch.setattr(service.engine, "step", lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+        r = client.post("/v1/completions", json=body)
+        assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+        with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as s:
+            lines = [line for line in s.iter_lines() if line.startswith("data: ")]
+        assert json.loads(lines[-1][6:])["error"]["message"] == "generation failed: RuntimeError"
+        assert not service.engine.running and not service.engine.waiting
+        monkeypatch.setattr(service.engine, "step", real_step)
+        assert client.post("/v1/completions", json=body).status_code == 200

@@ -23,7 +23,9 @@ from torch import nn
 
 from ..chat import END, render
 from ..tokenization import CharTokenizer
-from .engine import Engine, Event, SamplingParams, Sequence as EngineSequence
+from .engine import Engine, Event, SamplingParams
+from .engine import Sequence as EngineSequence
+from .middleware import logger
 
 TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -135,7 +137,15 @@ class LLMService:
                     self._deliver(engine.cancel(seq.request_id))
                 return
             if engine.has_work():
-                for event in engine.step():
+                try:
+                    events = engine.step()
+                except Exception as e:  # a failed iteration must not leave its requests waiting forever
+                    logger.exception("generation engine iteration failed; its requests end with an error")
+                    for seq in [*engine.waiting, *engine.running.values()]:
+                        engine.cancel(seq.request_id)
+                        self._deliver(RuntimeError(f"generation failed: {type(e).__name__}"), seq.request_id)
+                    events = []
+                for event in events:
                     self._deliver(event)
             self.metrics.running.labels(self.name).set(len(engine.running))
             self.metrics.waiting.labels(self.name).set(len(engine.waiting))

@@ -13,12 +13,13 @@ import random
 import statistics
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .engine import Engine, SamplingParams
+from .engine import Engine, Event, SamplingParams
 
 POLICIES = {"one at a time": dict(policy="continuous", batch=1), "static batching": dict(policy="static"),
             "continuous batching": dict(policy="continuous")}
@@ -56,8 +57,10 @@ def percentile(values: list[float], q: float) -> float:
     return float(torch.quantile(torch.tensor(values, dtype=torch.float64), q / 100))
 
 
-def closed_loop(engine: Engine, requests: list[tuple[list[int], int]], concurrency: int) -> tuple[float, list]:
-    """Serve `requests` with `concurrency` clients each keeping one request in flight; (seconds, finished seqs)."""
+def closed_loop(engine: Engine, requests: list[tuple[list[int], int]], concurrency: int,
+                on_step: Callable[[Engine, list[Event]], None] | None = None) -> tuple[float, list]:
+    """Serve `requests` with `concurrency` clients each keeping one request in flight; (seconds, finished seqs).
+    `on_step(engine, events)` is called after every iteration (to trace the queue, say)."""
     if engine.finished.maxlen is not None and engine.finished.maxlen < len(requests):
         raise ValueError(f"the engine keeps {engine.finished.maxlen} finished requests; the workload has "
                          f"{len(requests)}")
@@ -69,7 +72,10 @@ def closed_loop(engine: Engine, requests: list[tuple[list[int], int]], concurren
             prompt, max_tokens = todo.popleft()
             engine.submit(prompt, SamplingParams(max_tokens=max_tokens))
             in_flight += 1
-        in_flight -= sum(event.finish_reason is not None for event in engine.step())
+        events = engine.step()
+        in_flight -= sum(event.finish_reason is not None for event in events)
+        if on_step is not None:
+            on_step(engine, events)
     return time.perf_counter() - start, list(engine.finished)
 
 

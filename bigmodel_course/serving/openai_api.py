@@ -167,6 +167,8 @@ def openai_router(service: LLMService, api_keys: dict[str, int] | None = None) -
                 async for event in events:
                     tokens += event.tokens
                     reason = event.finish_reason
+            except RuntimeError as e:  # the engine failed this request
+                return openai_error(500, str(e), type_="server_error")
             finally:
                 await events.aclose()  # a client that went away cancels its request
             text = service.decode(tokens)
@@ -188,15 +190,19 @@ def openai_router(service: LLMService, api_keys: dict[str, int] | None = None) -
             return {"index": 0, "text": text, "finish_reason": reason, "logprobs": None}
 
         async def chunks() -> AsyncIterator[str]:
+            if chat:
+                yield sse(piece("", None, first=True))
             try:
-                if chat:
-                    yield sse(piece("", None, first=True))
                 async for event in events:
                     text = service.decode(event.tokens)
                     if text:
                         yield sse(piece(text, None))
                     if event.finish_reason is not None:
                         yield sse(piece("", event.finish_reason))
+            except RuntimeError as e:  # the engine failed this request: say so in the stream, as OpenAI does
+                error = {"message": str(e), "type": "server_error", "param": None, "code": None}
+                yield f"data: {json.dumps({'error': error})}\n\n"
+            else:
                 yield "data: [DONE]\n\n"
             finally:
                 await events.aclose()  # a client that went away cancels its request and frees the slot
