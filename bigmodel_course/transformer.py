@@ -673,3 +673,14 @@ def parameter_breakdown(cfg: TransformerConfig, pooler: bool = False, lm_head: b
     parts = {"embeddings": emb, "attention": attn, "feed_forward": ffn, "layer_norm": norms, "heads": heads}
     parts["total"] = sum(parts.values())
     return parts
+
+
+def active_parameters(cfg: TransformerConfig, pooler: bool = False, lm_head: bool = True) -> int:
+    """Parameters one token's forward pass uses: with a mixture of experts, only `experts_per_token` of the
+    `n_experts` feed-forward networks of each layer (plus the router); without, all of them."""
+    total = parameter_breakdown(cfg, pooler, lm_head)["total"]
+    if not cfg.n_experts:
+        return total
+    d, f, b = cfg.d_model, cfg.d_ff, int(cfg.bias)
+    one_ffn = 3 * d * f + (2 * f + d) * b if cfg.activation in GATED else 2 * d * f + (f + d) * b
+    return total - cfg.n_layers * (cfg.n_experts - cfg.experts_per_token) * one_ffn

@@ -10,7 +10,7 @@ from transformers import LlamaForCausalLM
 from bigmodel_course.attention import KVCache, MultiHeadAttention, repeat_kv
 from bigmodel_course.generation import generate
 from bigmodel_course.interop import llama_from_hf, llama_to_hf
-from bigmodel_course.transformer import GPT, LlamaConfig, MoEFeedForward, parameter_breakdown
+from bigmodel_course.transformer import GPT, LlamaConfig, MoEFeedForward, active_parameters, parameter_breakdown
 from bigmodel_course.utils import count_parameters
 
 
@@ -153,3 +153,18 @@ def test_moe_gpt_trains_with_the_auxiliary_loss():
     torch.testing.assert_close(out.loss, lm + 0.01 * out.aux_loss)
     out.loss.backward()
     assert model.transformer.layers[0].ffn.router.weight.grad.abs().sum() > 0
+
+
+def test_active_parameters_count_only_the_chosen_experts():
+    dense, moe = llama(), llama(n_experts=8, experts_per_token=2)
+    assert active_parameters(dense) == parameter_breakdown(dense)["total"]
+    one_ffn = 3 * 32 * 48
+    assert parameter_breakdown(moe)["total"] - active_parameters(moe) == 2 * 6 * one_ffn
+    model = GPT(moe).eval()
+    used = set()
+    hooks = [e.register_forward_hook(lambda m, i, o: used.add(id(m))) for e in model.transformer.layers[0].ffn.experts]
+    with torch.no_grad():
+        model(torch.randint(0, 61, (1, 1)))  # one token: exactly two experts of the layer run
+    assert len(used) == 2
+    for h in hooks:
+        h.remove()
