@@ -129,15 +129,41 @@ def fused_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
 
 
+def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    """Share each of the (B, n_kv_heads, S, d) key/value heads among `n_rep` consecutive query heads.
+
+    Query head h reads key/value head h // n_rep: the layout of grouped-query attention (and of
+    `transformers`' Llama). Returns (B, n_kv_heads * n_rep, S, d); a view-like expand, no copy when n_rep is 1.
+    """
+    if n_rep == 1:
+        return x
+    B, H_kv, S, d = x.shape
+    return x[:, :, None].expand(B, H_kv, n_rep, S, d).reshape(B, H_kv * n_rep, S, d)
+
+
 @dataclass
 class KVCache:
-    """Keys and values of the tokens seen so far, for one attention layer."""
+    """Keys and values of the tokens seen so far, for one attention layer.
+
+    The cache protocol attention relies on: `offset` (the position of the next token: an int, or a (B,) tensor
+    when each sequence of the batch has cached a different number of tokens), `update(k, v)` and
+    `key_mask(q_len)` (which cached keys each query may see, beyond causality; None here, every row being full).
+    """
 
     k: Tensor | None = None
     v: Tensor | None = None
 
     def __len__(self) -> int:
         return 0 if self.k is None else self.k.shape[-2]
+
+    @property
+    def offset(self) -> int:
+        """Position of the next token: the number of tokens cached."""
+        return len(self)
+
+    def key_mask(self, q_len: int) -> Tensor | None:
+        """No extra mask: every sequence of the batch has the same cached length."""
+        return None
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append new keys/values (B, H, T, d) and return everything cached so far."""
@@ -153,7 +179,10 @@ class MultiHeadAttention(nn.Module):
     """Multi-head attention: Concat(head_1, ..., head_h) W^O with head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
 
     Self-attention when `key` is None, cross-attention otherwise. The Q, K and V projections are
-    stored as one (3·d_model, d_model) matrix, like `torch.nn.MultiheadAttention.in_proj_weight`.
+    stored as one matrix, like `torch.nn.MultiheadAttention.in_proj_weight`: (3·d_model, d_model) for
+    ordinary multi-head attention. With `n_kv_heads` < `n_heads` (grouped-query attention; 1 is multi-query
+    attention) only `n_kv_heads` key and value heads are projected and cached, each shared by
+    n_heads / n_kv_heads query heads, and the matrix is (d_model + 2·n_kv_heads·head_dim, d_model).
     """
 
     def __init__(
@@ -164,28 +193,35 @@ class MultiHeadAttention(nn.Module):
         bias: bool = True,
         fused: bool = True,
         rotary: nn.Module | None = None,
+        n_kv_heads: int | None = None,
     ) -> None:
         super().__init__()
-        if d_model <= 0 or n_heads <= 0:
-            raise ValueError(f"d_model and n_heads must be positive, got {d_model} and {n_heads}")
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if d_model <= 0 or n_heads <= 0 or n_kv_heads <= 0:
+            raise ValueError(f"d_model, n_heads and n_kv_heads must be positive, got {d_model}, {n_heads}, "
+                             f"{n_kv_heads}")
         if d_model % n_heads != 0:
             raise ValueError(
                 f"n_heads={n_heads} does not divide d_model={d_model} (remainder {d_model % n_heads})"
             )
+        if n_heads % n_kv_heads != 0:
+            raise ValueError(f"n_kv_heads={n_kv_heads} does not divide n_heads={n_heads}: every key/value head "
+                             f"must serve the same number of query heads")
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
+        self.n_kv_heads, self.kv_dim = n_kv_heads, n_kv_heads * (d_model // n_heads)
         self.dropout = dropout
         self.fused = fused
         self.rotary = rotary
-        self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.in_proj = nn.Linear(d_model, d_model + 2 * self.kv_dim, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 
-    def _split(self, x: Tensor) -> Tensor:
+    def _split(self, x: Tensor, heads: int) -> Tensor:
         B, T, _ = x.shape
-        return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        return x.view(B, T, heads, self.head_dim).transpose(1, 2)
 
     def _project(self, query: Tensor, key: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         if key is None:
-            return self.in_proj(query).chunk(3, dim=-1)
+            return self.in_proj(query).split([self.d_model, self.kv_dim, self.kv_dim], dim=-1)
         w, b = self.in_proj.weight, self.in_proj.bias
         bq, bkv = (None, None) if b is None else (b[: self.d_model], b[self.d_model :])
         q = F.linear(query, w[: self.d_model], bq)
@@ -221,12 +257,18 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(
                 f"key must be (batch={query.shape[0]}, length, {self.d_model}), got {tuple(key.shape)}"
             )
-        q, k, v = (self._split(t) for t in self._project(query, key))
+        q, k, v = self._project(query, key)
+        q, k, v = self._split(q, self.n_heads), self._split(k, self.n_kv_heads), self._split(v, self.n_kv_heads)
         if self.rotary is not None:
-            past = 0 if kv_cache is None else len(kv_cache)
+            past = 0 if kv_cache is None else kv_cache.offset
             q, k = self.rotary(q, offset=past), self.rotary(k, offset=past)
         if kv_cache is not None:
-            k, v = kv_cache.update(k, v)
+            k, v = kv_cache.update(k, v)  # the cache holds n_kv_heads heads: GQA's memory saving
+            cache_mask = kv_cache.key_mask(q.shape[-2])
+            if cache_mask is not None:
+                attn_mask = cache_mask if attn_mask is None else attn_mask & cache_mask
+        n_rep = self.n_heads // self.n_kv_heads
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
         p = self.dropout if self.training else 0.0
         weights = None
         if return_weights or not self.fused:

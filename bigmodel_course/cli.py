@@ -226,7 +226,8 @@ def _serve(args: argparse.Namespace) -> int:
           max_text_chars=args.max_text_chars, max_body_bytes=args.max_body_bytes, micro_batch=args.micro_batch,
           micro_batch_wait_ms=args.micro_batch_wait_ms, micro_batch_workers=args.micro_batch_workers,
           micro_batch_tokens=args.micro_batch_tokens, header_timeout=args.header_timeout,
-          keep_alive_timeout=args.keep_alive_timeout, body_timeout=args.body_timeout)
+          keep_alive_timeout=args.keep_alive_timeout, body_timeout=args.body_timeout, llm_dir=args.llm_dir,
+          llm_name=args.llm_name, llm_max_batch=args.llm_max_batch)
     return 0
 
 
@@ -251,6 +252,25 @@ def _registry(args: argparse.Namespace) -> int:
             mark = "*" if card.promoted else " "
             print(f"{mark} {card.name:<20} {card.version:<5} {card.task:<6} {card.architecture:<19} "
                   f"{card.created}  sha256 {card.sha256[:12]}  {metrics}")
+    return 0
+
+
+def _bench_llm_serve(args: argparse.Namespace) -> int:
+    from .serving.llm_bench import bench_llm_serve, format_llm_serve
+    from .transformer import GPT, GPTConfig
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=4736, max_len=128, d_model=128, n_heads=4, n_layers=4, dropout=0.0, attn_dropout=0.0)
+    model = GPT(cfg).eval()
+    rows = bench_llm_serve(model, tuple(args.concurrency), requests=args.requests, rounds=args.rounds)
+    print(f"generation engine on the CPU ({torch.get_num_threads()} threads), a randomly initialised GPT of the "
+          f"Chapter 2 size (4 layers, width 128, context 128; the time does not depend on the weights), "
+          f"{args.requests} requests per row with prompts of 8–42 and replies of 8–64 tokens, greedy; "
+          f"closed loop: each stream sends its next request when the last one ends; medians of {args.rounds} "
+          "rounds, throughput ratio to one at a time with its range over rounds")
+    print(format_llm_serve(rows))
     return 0
 
 
@@ -327,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "operations, and more threads mostly add synchronisation; 0: torch's choice)")
     gen.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
     gen.set_defaults(func=_bench_generate)
+    llm = which.add_parser("llm-serve", help="one at a time vs static vs continuous batching of generation requests")
+    llm.add_argument("--concurrency", type=_positive_int, nargs="+", default=[1, 4, 8, 16])
+    llm.add_argument("--requests", type=_positive_int, default=32, help="requests per policy and concurrency")
+    llm.add_argument("--rounds", type=_positive_int, default=3, help="repetitions of the whole grid (default 3)")
+    llm.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0: torch's choice)")
+    llm.set_defaults(func=_bench_llm_serve)
     srv = which.add_parser("serve", help="load test of the model service with tiny random models")
     srv.add_argument("--requests", type=_positive_int, default=2000)
     srv.add_argument("--concurrency", type=_positive_int, default=16)
@@ -356,6 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds an idle kept-alive connection stays open (default 5)")
     serve.add_argument("--body-timeout", type=_seconds, default=30.0,
                        help="seconds a request body has to arrive completely, else 408 (default 30)")
+    serve.add_argument("--llm-dir", default=None,
+                       help="also serve this chat model folder (as `bigmodel-course sft|dpo` write them) through the "
+                            "OpenAI-compatible /v1/chat/completions and /v1/completions; API keys, if any, come "
+                            "from $BIGMODEL_LLM_KEYS as key:requests-per-minute pairs separated by commas")
+    serve.add_argument("--llm-name", default="assistant", help="the model name clients send (default assistant)")
+    serve.add_argument("--llm-max-batch", type=_positive_int, default=8,
+                       help="sequences the generation engine decodes together (KV slots; default 8)")
     serve.add_argument("--port-file", default=None, help=argparse.SUPPRESS)  # background_server reads the port here
     serve.set_defaults(func=_serve)
     registry = commands.add_parser("registry", help="list, promote or roll back the models of the registry")

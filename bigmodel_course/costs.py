@@ -4,8 +4,11 @@ Formulas (b = batch, s = sequence length, h = width d_model, a = heads, L = laye
 N = parameters that take part in matrix multiplications, i.e. every weight matrix of the blocks plus the
 output projection onto the vocabulary):
 
-* parameters of a block: attention 4h² + 4h (Q, K, V, output, with biases), feed-forward 2·h·f + f + h
-  (3·h·f for a gated SwiGLU without biases), LayerNorms 4h;
+* parameters of a block: attention 4h² + 4h (Q, K, V, output, with biases; with grouped-query attention the K and
+  V projections shrink to h·k each, k = n_kv_heads · head width), feed-forward 2·h·f + f + h (3·h·f for a gated
+  SwiGLU without biases), LayerNorms 4h;
+* KV cache: every layer keeps a key and a value vector of width k per token, 2·L·k values per token — for
+  multi-head attention k = h; grouped-query attention divides it by n_heads / n_kv_heads;
 * training memory with AdamW in fp32: 4 bytes of weights + 4 of gradients + 8 of Adam's two moments = 16 bytes
   per parameter; mixed precision keeps bf16/fp16 weights and gradients (2 + 2) plus an fp32 master copy
   and the moments (4 + 8) — also 16 bytes (the ZeRO paper's "2 + 2 + 12");
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .generation import kv_cache_bytes
 from .transformer import TransformerConfig
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
@@ -41,9 +45,11 @@ class ArchSpec:
     n_layers: int
     n_heads: int
     d_ff: int
+    n_kv_heads: int | None = None  # key/value heads (grouped-query attention); None: n_heads
     learned_positions: bool = True  # a learned position table (GPT-2, BERT); False: rotary (LLaMA)
     type_vocab_size: int = 0  # BERT's segment embeddings
     bias: bool = True  # biases in every Linear (GPT-2, BERT); LLaMA has none
+    qkv_bias: bool = False  # biases on the Q, K and V projections only (Qwen 2)
     gated_ffn: bool = False  # SwiGLU feed-forward with three matrices (LLaMA)
     rms_norm: bool = False  # RMSNorm has a scale and no shift
     tied_embeddings: bool = True  # the output projection shares the token embedding table
@@ -57,14 +63,33 @@ class ArchSpec:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads={self.n_heads} does not divide d_model={self.d_model}")
+        if self.n_kv_heads is not None and (self.n_kv_heads <= 0 or self.n_heads % self.n_kv_heads):
+            raise ValueError(f"n_kv_heads={self.n_kv_heads} must be positive and divide n_heads={self.n_heads}")
+
+    @property
+    def kv_width(self) -> int:
+        """Width of the keys (and of the values) one layer caches per token: n_kv_heads × head width."""
+        return (self.n_kv_heads or self.n_heads) * (self.d_model // self.n_heads)
+
+    def kv_cache_bytes(self, tokens: int = 1, dtype: str = "bf16") -> int:
+        """Bytes of KV cache for `tokens` tokens (all sequences together): 2 · layers · kv_width · tokens values."""
+        _check_positive(tokens, "tokens")
+        if dtype not in BYTES:
+            raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(BYTES)}")
+        return kv_cache_bytes(self.n_layers, 1, tokens, self.d_model, BYTES[dtype], n_heads=self.n_heads,
+                              n_kv_heads=self.n_kv_heads or self.n_heads)
 
     @classmethod
     def from_config(cls, cfg: TransformerConfig, name: str = "ours", pooler: bool = False) -> "ArchSpec":
         """The spec of one of our models (GPT or encoder) from its config."""
+        if cfg.n_experts:
+            raise ValueError("ArchSpec describes dense models; count a mixture of experts with "
+                             "transformer.parameter_breakdown")
         return cls(name, cfg.vocab_size, cfg.max_len, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff,
-                   learned_positions=cfg.position == "learned", type_vocab_size=cfg.type_vocab_size,
-                   tied_embeddings=cfg.tie_word_embeddings, embedding_norm=cfg.embedding_norm,
-                   final_norm=cfg.norm_first, pooler=pooler)
+                   n_kv_heads=cfg.n_kv_heads, learned_positions=cfg.position == "learned",
+                   type_vocab_size=cfg.type_vocab_size, bias=cfg.bias, gated_ffn=cfg.activation == "swiglu",
+                   rms_norm=cfg.norm == "rms", tied_embeddings=cfg.tie_word_embeddings,
+                   embedding_norm=cfg.embedding_norm, final_norm=cfg.norm_first, pooler=pooler)
 
     def parameters(self) -> dict[str, int]:
         """Parameter count by component: embeddings, attention, feed_forward, norms, head, and the total."""
@@ -73,7 +98,8 @@ class ArchSpec:
         bias = 1 if self.bias else 0
         emb = V * h + (self.max_len * h if self.learned_positions else 0) + self.type_vocab_size * h
         emb += norm if self.embedding_norm else 0
-        attn = L * (4 * h * h + 4 * h * bias)
+        k = self.kv_width
+        attn = L * (2 * h * h + 2 * h * k + (h + 2 * k) * (1 if self.bias or self.qkv_bias else 0) + h * bias)
         ffn = L * (3 * h * f if self.gated_ffn else 2 * h * f + (f + h) * bias)
         norms = L * 2 * norm + (norm if self.final_norm else 0)
         head = (0 if self.tied_embeddings else V * h) + ((h * h + h) if self.pooler else 0)
@@ -84,7 +110,8 @@ class ArchSpec:
     def matmul_parameters(self) -> int:
         """N of the FLOP formulas: the block weight matrices plus the vocabulary projection (tied or not)."""
         h, f = self.d_model, self.d_ff
-        return self.n_layers * (4 * h * h + (3 if self.gated_ffn else 2) * h * f) + self.vocab_size * h
+        attn = 2 * h * h + 2 * h * self.kv_width
+        return self.n_layers * (attn + (3 if self.gated_ffn else 2) * h * f) + self.vocab_size * h
 
 
 # Published architectures (sizes from their papers / Hugging Face configs).
@@ -97,12 +124,25 @@ REFERENCE_MODELS: dict[str, ArchSpec] = {
     "GPT-3 175B": ArchSpec("GPT-3 175B", 50257, 2048, 12288, 96, 96, 49152),
 }
 
+# Today's open-weight decoders, all with grouped-query attention: 8 key/value heads for 32 (Llama 3 8B) or
+# 64 (70B) query heads; Qwen 2.5 7B: 4 for 28 (sizes from their Hugging Face config.json files).
+OPEN_WEIGHT_MODELS: dict[str, ArchSpec] = {
+    "Llama-3-8B": ArchSpec("Llama-3-8B", 128256, 8192, 4096, 32, 32, 14336, n_kv_heads=8, learned_positions=False,
+                           bias=False, gated_ffn=True, rms_norm=True, tied_embeddings=False),
+    "Llama-3-70B": ArchSpec("Llama-3-70B", 128256, 8192, 8192, 80, 64, 28672, n_kv_heads=8,
+                            learned_positions=False, bias=False, gated_ffn=True, rms_norm=True,
+                            tied_embeddings=False),
+    "Qwen2.5-7B": ArchSpec("Qwen2.5-7B", 152064, 32768, 3584, 28, 28, 18944, n_kv_heads=4, learned_positions=False,
+                           bias=False, qkv_bias=True, gated_ffn=True, rms_norm=True, tied_embeddings=False),
+}
+
 
 def reference_model(name: str) -> ArchSpec:
-    """One of REFERENCE_MODELS by name."""
-    if name not in REFERENCE_MODELS:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(REFERENCE_MODELS)}")
-    return REFERENCE_MODELS[name]
+    """One of REFERENCE_MODELS or OPEN_WEIGHT_MODELS by name."""
+    known = {**REFERENCE_MODELS, **OPEN_WEIGHT_MODELS}
+    if name not in known:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(known)}")
+    return known[name]
 
 
 def training_state_bytes(n_params: int, precision: str = "fp32") -> dict[str, int]:

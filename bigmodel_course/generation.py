@@ -185,9 +185,20 @@ def continuation_logprobs(model: nn.Module, ids: Tensor, prompt_len: int, pad_id
     return (logp * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)
 
 
-def kv_cache_bytes(n_layers: int, batch: int, length: int, d_model: int, bytes_per_value: int = 4) -> int:
-    """Memory of a KV cache: keys and values (2) per layer, batch, position and model width."""
-    return 2 * n_layers * batch * length * d_model * bytes_per_value
+def kv_cache_bytes(n_layers: int, batch: int, length: int, d_model: int, bytes_per_value: int = 4, *,
+                   n_heads: int | None = None, n_kv_heads: int | None = None) -> int:
+    """Memory of a KV cache: keys and values (2) per layer, batch, position and key/value width.
+
+    The width is d_model for multi-head attention; with grouped-query attention (`n_kv_heads` of `n_heads`
+    heads keep keys and values) it is d_model · n_kv_heads / n_heads.
+    """
+    width = d_model
+    if n_kv_heads is not None:
+        if n_heads is None or n_heads % n_kv_heads or d_model % n_heads:
+            raise ValueError(f"n_kv_heads={n_kv_heads} needs n_heads (given: {n_heads}) that it divides and that "
+                             f"divides d_model={d_model}")
+        width = d_model // n_heads * n_kv_heads
+    return 2 * n_layers * batch * length * width * bytes_per_value
 
 
 def cache_nbytes(cache: Sequence) -> int:

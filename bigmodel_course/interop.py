@@ -1,4 +1,4 @@
-"""Weight conversion between this package's models and Hugging Face `transformers` (GPT-2, BERT)."""
+"""Weight conversion between this package's models and Hugging Face `transformers` (GPT-2, BERT, Llama, ViT)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from .transformer import (
     EncoderForPreTraining,
     GPTConfig,
     GPTForSequenceClassification,
+    LlamaConfig,
     TransformerConfig,
     TransformerEncoder,
 )
@@ -33,6 +34,14 @@ def _load_exact(module: nn.Module, state: dict[str, Tensor], what: str) -> None:
     missing = [k for k in missing if k not in own]
     if missing or unexpected:
         raise ValueError(f"cannot convert {what}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def _check_classic_blocks(cfg: TransformerConfig, target: str) -> None:
+    """GPT-2 and BERT blocks: LayerNorm, an ungated MLP, biases, one key/value head per query head, no experts."""
+    if cfg.norm != "layer" or cfg.activation not in _OUR_ACT or not cfg.bias or cfg.n_kv_heads != cfg.n_heads \
+            or cfg.n_experts:
+        raise ValueError(f"{target} blocks have LayerNorm, a {'/'.join(_OUR_ACT)} MLP, biases, as many key/value "
+                         "heads as query heads and no experts; convert Llama-style models with llama_to_hf")
 
 
 # ---------------------------------------------------------------- GPT-2
@@ -66,6 +75,7 @@ def gpt_config_to_hf(cfg: TransformerConfig):
 
     if cfg.position != "learned" or not cfg.norm_first or cfg.type_vocab_size or cfg.embedding_norm:
         raise ValueError("only pre-LN GPTs with learned positions and no segment embeddings map to GPT-2")
+    _check_classic_blocks(cfg, "GPT-2")
     return GPT2Config(
         vocab_size=cfg.vocab_size, n_positions=cfg.max_len, n_embd=cfg.d_model, n_layer=cfg.n_layers,
         n_head=cfg.n_heads, n_inner=cfg.d_ff, activation_function=_OUR_ACT[cfg.activation],
@@ -181,6 +191,7 @@ def encoder_config_to_hf(cfg: TransformerConfig):
 
     if cfg.position != "learned" or cfg.norm_first or not cfg.embedding_norm or not cfg.type_vocab_size:
         raise ValueError("only post-LN encoders with learned positions and segment embeddings map to BERT")
+    _check_classic_blocks(cfg, "BERT")
     return BertConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
         num_attention_heads=cfg.n_heads, intermediate_size=cfg.d_ff, hidden_act=_OUR_ACT[cfg.activation],
@@ -350,6 +361,108 @@ def encoder_to_hf(model: TransformerEncoder | EncoderForMaskedLM | EncoderForPre
         raise ValueError("expected TransformerEncoder, EncoderForMaskedLM or EncoderForPreTraining, "
                          f"got {type(model).__name__}")
     _load_exact(hf, state, f"{type(model).__name__} to BERT")
+    return hf.eval()
+
+
+# ---------------------------------------------------------------- Llama
+
+
+def llama_config_from_hf(hf_config) -> LlamaConfig:
+    """Our LlamaConfig equivalent of a `transformers.LlamaConfig` (default rotary scaling, no biases)."""
+    rope = dict(getattr(hf_config, "rope_parameters", None) or {})
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"rope_type {rope['rope_type']!r} (scaled rotary positions) is not supported")
+    if hf_config.hidden_act != "silu" or hf_config.attention_bias or hf_config.mlp_bias:
+        raise ValueError("only Llama models with SiLU gates and no biases convert")
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+    if head_dim * hf_config.num_attention_heads != hf_config.hidden_size:
+        raise ValueError(f"head_dim={head_dim} × {hf_config.num_attention_heads} heads != hidden_size="
+                         f"{hf_config.hidden_size}; our attention needs them equal")
+    return LlamaConfig(
+        vocab_size=hf_config.vocab_size, max_len=hf_config.max_position_embeddings, d_model=hf_config.hidden_size,
+        n_heads=hf_config.num_attention_heads, n_kv_heads=hf_config.num_key_value_heads,
+        n_layers=hf_config.num_hidden_layers, d_ff=hf_config.intermediate_size, layer_norm_eps=hf_config.rms_norm_eps,
+        rope_base=float(rope.get("rope_theta", 10000.0)), tie_word_embeddings=hf_config.tie_word_embeddings,
+        attn_dropout=hf_config.attention_dropout,
+    )
+
+
+def llama_config_to_hf(cfg: TransformerConfig):
+    """A `transformers.LlamaConfig` with the same sizes as our Llama-style config."""
+    from transformers import LlamaConfig as HFLlamaConfig
+
+    if (cfg.norm, cfg.activation, cfg.position, cfg.bias, cfg.n_experts) != ("rms", "swiglu", "rotary", False, 0):
+        raise ValueError("only decoders with RMSNorm, SwiGLU, rotary positions, no biases and no experts map to "
+                         "Llama (build them from bigmodel_course.transformer.LlamaConfig)")
+    if cfg.dropout:
+        raise ValueError(f"Llama has no residual dropout; this config has dropout={cfg.dropout}")
+    return HFLlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff, num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, max_position_embeddings=cfg.max_len,
+        rms_norm_eps=cfg.layer_norm_eps, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_base},
+        tie_word_embeddings=cfg.tie_word_embeddings, attention_dropout=cfg.attn_dropout,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )
+
+
+def _rotary_halves(w: Tensor, heads: int) -> Tensor:
+    """Reorder a Q or K projection's rows per head from interleaved rotary pairs (2i, 2i+1), as our
+    RotaryEmbedding and Meta's original Llama rotate them, to `transformers`' halves (i, i + head_dim/2)."""
+    rows, cols = w.shape
+    return w.view(heads, rows // heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def _rotary_pairs(w: Tensor, heads: int) -> Tensor:
+    """Inverse of `_rotary_halves`."""
+    rows, cols = w.shape
+    return w.view(heads, 2, rows // heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def _llama_pairs(n_layers: int) -> list[tuple[str, str]]:
+    """(our key, LlamaForCausalLM key) pairs, the fused Q/K/V projection excepted."""
+    pairs = [("transformer.embeddings.word.weight", "model.embed_tokens.weight"),
+             ("transformer.final_norm.weight", "model.norm.weight"), ("lm_head.weight", "lm_head.weight")]
+    for i in range(n_layers):
+        o, h = f"transformer.layers.{i}.", f"model.layers.{i}."
+        pairs += [(o + a + ".weight", h + b + ".weight") for a, b in [
+            ("norm1", "input_layernorm"), ("norm2", "post_attention_layernorm"), ("attn.out_proj", "self_attn.o_proj"),
+            ("ffn.gate", "mlp.gate_proj"), ("ffn.up", "mlp.up_proj"), ("ffn.down", "mlp.down_proj")]]
+    return pairs
+
+
+def llama_from_hf(hf_model) -> GPT:
+    """Our Llama-style GPT with the weights of a `transformers.LlamaForCausalLM`."""
+    cfg = llama_config_from_hf(hf_model.config)
+    model = GPT(cfg)
+    src = hf_model.state_dict()
+    if cfg.tie_word_embeddings:
+        src = {**src, "lm_head.weight": src["model.embed_tokens.weight"]}
+    state = {o: src[h].clone() for o, h in _llama_pairs(cfg.n_layers)}
+    for i in range(cfg.n_layers):
+        a = f"model.layers.{i}.self_attn."
+        q = _rotary_pairs(src[a + "q_proj.weight"], cfg.n_heads)
+        k = _rotary_pairs(src[a + "k_proj.weight"], cfg.n_kv_heads)
+        state[f"transformer.layers.{i}.attn.in_proj.weight"] = torch.cat([q, k, src[a + "v_proj.weight"]])
+    _load_exact(model, state, "LlamaForCausalLM")
+    return model
+
+
+def llama_to_hf(model: GPT):
+    """A `transformers.LlamaForCausalLM` with the weights of our Llama-style GPT."""
+    from transformers import LlamaForCausalLM
+
+    cfg = model.cfg
+    hf = LlamaForCausalLM(llama_config_to_hf(cfg))
+    src = model.state_dict()
+    state = {h: src[o].clone() for o, h in _llama_pairs(cfg.n_layers)}
+    kv = cfg.n_kv_heads * cfg.head_dim
+    for i in range(cfg.n_layers):
+        q, k, v = src[f"transformer.layers.{i}.attn.in_proj.weight"].split([cfg.d_model, kv, kv])
+        a = f"model.layers.{i}.self_attn."
+        state[a + "q_proj.weight"] = _rotary_halves(q, cfg.n_heads).contiguous()
+        state[a + "k_proj.weight"] = _rotary_halves(k, cfg.n_kv_heads).contiguous()
+        state[a + "v_proj.weight"] = v.clone()
+    _load_exact(hf, state, "Llama-style GPT to LlamaForCausalLM")
     return hf.eval()
 
 

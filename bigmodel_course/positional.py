@@ -8,12 +8,26 @@ import torch
 from torch import Tensor, nn
 
 
-def _check_length(length: int, offset: int, max_len: int) -> None:
-    if offset + length > max_len:
+def _check_length(length: int, offset: int | Tensor, max_len: int) -> None:
+    last = int(offset.max()) if isinstance(offset, Tensor) and offset.numel() else offset
+    if isinstance(last, Tensor):  # an empty batch of offsets
+        return
+    if last + length > max_len:
         raise ValueError(
-            f"sequence of {length} tokens at offset {offset} needs {offset + length} positions, "
+            f"sequence of {length} tokens at offset {last} needs {last + length} positions, "
             f"but the position table holds max_len={max_len}"
         )
+
+
+def positions(length: int, offset: int | Tensor, device: torch.device | None = None) -> Tensor:
+    """Position ids offset .. offset+length-1: shape (length,) for an int offset, (B, length) for a (B,) tensor of
+    per-sequence offsets (a batch whose sequences have cached different numbers of tokens)."""
+    steps = torch.arange(length, device=device)
+    if isinstance(offset, Tensor):
+        if offset.dim() != 1:
+            raise ValueError(f"per-sequence offsets must be a (batch,) tensor, got shape {tuple(offset.shape)}")
+        return offset.to(device).unsqueeze(1) + steps
+    return steps + offset
 
 
 def sinusoidal_table(max_len: int, d_model: int, base: float = 10000.0) -> Tensor:
@@ -36,9 +50,12 @@ class SinusoidalPositionalEncoding(nn.Module):
         self.max_len = max_len
         self.register_buffer("table", sinusoidal_table(max_len, d_model), persistent=False)
 
-    def forward(self, length: int, offset: int = 0) -> Tensor:
-        """Position vectors for positions offset .. offset+length-1, shape (length, d_model)."""
+    def forward(self, length: int, offset: int | Tensor = 0) -> Tensor:
+        """Position vectors for positions offset .. offset+length-1: (length, d_model), or (B, length, d_model)
+        for per-sequence offsets (B,)."""
         _check_length(length, offset, self.max_len)
+        if isinstance(offset, Tensor):
+            return self.table[positions(length, offset, self.table.device)]
         return self.table[offset : offset + length]
 
 
@@ -50,11 +67,11 @@ class LearnedPositionalEmbedding(nn.Module):
         self.max_len = max_len
         self.embedding = nn.Embedding(max_len, d_model)
 
-    def forward(self, length: int, offset: int = 0) -> Tensor:
-        """Position vectors for positions offset .. offset+length-1, shape (length, d_model)."""
+    def forward(self, length: int, offset: int | Tensor = 0) -> Tensor:
+        """Position vectors for positions offset .. offset+length-1: (length, d_model), or (B, length, d_model)
+        for per-sequence offsets (B,)."""
         _check_length(length, offset, self.max_len)
-        pos = torch.arange(offset, offset + length, device=self.embedding.weight.device)
-        return self.embedding(pos)
+        return self.embedding(positions(length, offset, self.embedding.weight.device))
 
 
 class RotaryEmbedding(nn.Module):
@@ -74,12 +91,17 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        """Rotate x (..., T, head_dim) as if its tokens sat at positions offset .. offset+T-1."""
+    def forward(self, x: Tensor, offset: int | Tensor = 0) -> Tensor:
+        """Rotate x (..., T, head_dim) as if its tokens sat at positions offset .. offset+T-1; with per-sequence
+        offsets (B,), x is (B, H, T, head_dim) and row b starts at offset[b]."""
         T = x.shape[-2]
         _check_length(T, offset, self.max_len)
-        cos = self.cos[offset : offset + T].to(x.dtype)
-        sin = self.sin[offset : offset + T].to(x.dtype)
+        if isinstance(offset, Tensor):
+            pos = positions(T, offset, self.cos.device)  # (B, T)
+            cos, sin = self.cos[pos].unsqueeze(1).to(x.dtype), self.sin[pos].unsqueeze(1).to(x.dtype)
+        else:
+            cos = self.cos[offset : offset + T].to(x.dtype)
+            sin = self.sin[offset : offset + T].to(x.dtype)
         x1, x2 = x[..., 0::2], x[..., 1::2]
         out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
         return out.flatten(-2)

@@ -1,4 +1,9 @@
-"""Transformer building blocks and models: a BERT-style encoder and a decoder-only GPT, with task heads."""
+"""Transformer building blocks and models: a BERT-style encoder and a decoder-only GPT, with task heads.
+
+The same blocks build today's open-weight decoders (Llama, Qwen): `LlamaConfig` switches to RMSNorm, a SwiGLU
+feed-forward, rotary positions, grouped-query attention and no biases; `n_experts` swaps the feed-forward for a
+mixture of experts.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,11 @@ from torch.utils.checkpoint import checkpoint
 from .attention import KVCache, MultiHeadAttention
 from .positional import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding
 
-ACTIVATIONS = {"gelu": lambda: nn.GELU(), "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU}
+ACTIVATIONS = {"gelu": lambda: nn.GELU(), "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU,
+               "silu": nn.SiLU}
+GATED = {"swiglu": "silu"}  # gated feed-forwards: name -> the activation applied to the gate
 POSITIONS = ("learned", "sinusoidal", "rotary")
+NORMS = ("layer", "rms")
 
 
 @dataclass
@@ -26,6 +34,7 @@ class TransformerConfig:
     d_model: int = 256
     n_heads: int = 4
     n_layers: int = 4
+    n_kv_heads: int | None = None  # key/value heads; defaults to n_heads (fewer: grouped-query attention)
     d_ff: int | None = None  # defaults to 4 * d_model
     dropout: float = 0.1
     attn_dropout: float = 0.1
@@ -39,19 +48,35 @@ class TransformerConfig:
     pad_token_id: int = 0
     num_labels: int = 2
     fused_attention: bool = True
+    norm: str = "layer"  # "layer": LayerNorm; "rms": RMSNorm (Llama)
+    bias: bool = True  # biases in the attention and feed-forward Linear layers (Llama has none)
+    rope_base: float = 10000.0  # θ of rotary positions
+    n_experts: int = 0  # > 0: every feed-forward is a mixture of this many experts
+    experts_per_token: int = 2  # top-k experts the router picks for each token
+    router_aux_coef: float = 0.01  # weight of the load-balancing loss added to the LM loss
 
     def __post_init__(self) -> None:
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
-        for name in ("vocab_size", "max_len", "d_model", "n_heads", "n_layers", "d_ff", "num_labels"):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        for name in ("vocab_size", "max_len", "d_model", "n_heads", "n_kv_heads", "n_layers", "d_ff", "num_labels"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.d_model % self.n_heads != 0:
             raise ValueError(f"n_heads={self.n_heads} does not divide d_model={self.d_model}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; expected one of {sorted(ACTIVATIONS)}")
+        if self.n_heads % self.n_kv_heads != 0:
+            raise ValueError(f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}")
+        if self.activation not in ACTIVATIONS and self.activation not in GATED:
+            raise ValueError(f"unknown activation {self.activation!r}; expected one of "
+                             f"{sorted([*ACTIVATIONS, *GATED])}")
         if self.position not in POSITIONS:
             raise ValueError(f"unknown position encoding {self.position!r}; expected one of {POSITIONS}")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; expected one of {NORMS}")
+        if self.n_experts < 0 or (self.n_experts and not 1 <= self.experts_per_token <= self.n_experts):
+            raise ValueError(f"a mixture of experts needs 1 <= experts_per_token <= n_experts, got "
+                             f"experts_per_token={self.experts_per_token}, n_experts={self.n_experts}")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.attn_dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout} and {self.attn_dropout}")
 
@@ -92,6 +117,30 @@ class GPTConfig(TransformerConfig):
 
 
 @dataclass
+class LlamaConfig(TransformerConfig):
+    """Llama-style defaults: RMSNorm, SwiGLU, rotary positions, no biases, no dropout, untied output projection.
+
+    Set `n_kv_heads` below `n_heads` for grouped-query attention (Llama 2 70B, Llama 3, Qwen 2).
+    """
+
+    activation: str = "swiglu"
+    norm: str = "rms"
+    position: str = "rotary"
+    bias: bool = False
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    layer_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+
+
+def make_norm(cfg: TransformerConfig) -> nn.Module:
+    """The normalisation layer the config asks for: LayerNorm, or RMSNorm (a scale, no mean, no shift)."""
+    if cfg.norm == "rms":
+        return nn.RMSNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+
+
+@dataclass
 class ModelOutput:
     """What a model returns; fields a model does not compute stay None."""
 
@@ -101,6 +150,7 @@ class ModelOutput:
     pooled: Tensor | None = None
     attentions: list[Tensor] | None = None
     nsp_logits: Tensor | None = None
+    aux_loss: Tensor | None = None  # mixture of experts: the load-balancing loss summed over layers
 
 
 class Embeddings(nn.Module):
@@ -116,11 +166,12 @@ class Embeddings(nn.Module):
         elif cfg.position == "sinusoidal":
             self.position = SinusoidalPositionalEncoding(cfg.max_len, cfg.d_model)
         self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
-        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.embedding_norm else None
+        self.norm = make_norm(cfg) if cfg.embedding_norm else None
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None, offset: int = 0) -> Tensor:
-        """Embed (B, T) token ids whose first token sits at position `offset`.
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None, offset: int | Tensor = 0) -> Tensor:
+        """Embed (B, T) token ids whose first token sits at position `offset` (an int, or a (B,) tensor of
+        per-sequence offsets).
 
         The one place a forward pass validates its ids: input_ids and any given token_type_ids are
         range-checked together, with one device sync.
@@ -134,9 +185,10 @@ class Embeddings(nn.Module):
                 f"token_type_ids has shape {tuple(token_type_ids.shape)}, input_ids {tuple(input_ids.shape)}"
             )
         T = input_ids.shape[1]
-        if offset + T > self.cfg.max_len:
+        last = int(offset.max()) if isinstance(offset, Tensor) and offset.numel() else offset
+        if isinstance(last, int) and last + T > self.cfg.max_len:
             raise ValueError(
-                f"sequence of {offset + T} tokens is longer than max_len={self.cfg.max_len} "
+                f"sequence of {last + T} tokens is longer than max_len={self.cfg.max_len} "
                 f"(the position table)"
             )
         x = self.word(input_ids)
@@ -188,14 +240,84 @@ class FeedForward(nn.Module):
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.fc1 = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
         self.act = ACTIVATIONS[cfg.activation]()
-        self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the same two-layer MLP at every position."""
         return self.drop(self.fc2(self.act(self.fc1(x))))
+
+    def residual_projections(self) -> list[nn.Linear]:
+        """The layers that write into the residual stream (GPT-2 scales their initialisation)."""
+        return [self.fc2]
+
+
+class GatedFeedForward(nn.Module):
+    """SwiGLU feed-forward (Shazeer 2020; Llama): down(silu(gate(x)) * up(x)) → dropout, three matrices."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.act = ACTIVATIONS[GATED[cfg.activation]]()
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The gate decides, per hidden unit, how much of the `up` projection passes."""
+        return self.drop(self.down(self.act(self.gate(x)) * self.up(x)))
+
+    def residual_projections(self) -> list[nn.Linear]:
+        """The layers that write into the residual stream."""
+        return [self.down]
+
+
+def dense_feed_forward(cfg: TransformerConfig) -> nn.Module:
+    """One feed-forward network of the kind the config's activation names (gated or not)."""
+    return GatedFeedForward(cfg) if cfg.activation in GATED else FeedForward(cfg)
+
+
+class MoEFeedForward(nn.Module):
+    """Mixture-of-experts feed-forward (Switch Transformer, Mixtral): a router sends each token to its top-k experts.
+
+    The router scores every expert; each token goes to the `experts_per_token` best, and their outputs are mixed
+    with the softmax of those k scores (Mixtral's order: top-k, then softmax). Only the chosen experts run, so a
+    token uses k/n_experts of the feed-forward parameters. After each forward `aux_loss` holds the Switch
+    Transformer's load-balancing loss n_experts · Σ_i f_i · P_i (f_i: share of token slots routed to expert i,
+    P_i: mean router probability of expert i); it is 1 when the load is perfectly even.
+    """
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.n_experts, self.k = cfg.n_experts, cfg.experts_per_token
+        self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
+        self.experts = nn.ModuleList(dense_feed_forward(cfg) for _ in range(cfg.n_experts))
+        self.aux_loss: Tensor | None = None
+
+    def route(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Router probabilities (N, E), chosen experts (N, k) and their mixing weights (N, k) for tokens x (N, d)."""
+        logits = self.router(x)
+        top, chosen = logits.topk(self.k, dim=-1)
+        return logits.softmax(dim=-1), chosen, top.softmax(dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Run each token through its chosen experts only and mix their outputs."""
+        flat = x.reshape(-1, x.shape[-1])
+        probs, chosen, weights = self.route(flat)
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            token, slot = (chosen == e).nonzero(as_tuple=True)
+            if token.numel():
+                out.index_add_(0, token, expert(flat[token]) * weights[token, slot].unsqueeze(-1))
+        routed = F.one_hot(chosen, self.n_experts).sum(dim=1).float()  # (N, E): 1 where the token went
+        self.aux_loss = self.n_experts * (routed.mean(dim=0) / self.k * probs.mean(dim=0)).sum()
+        return out.view_as(x)
+
+    def residual_projections(self) -> list[nn.Linear]:
+        """Every expert's output projection."""
+        return [p for expert in self.experts for p in expert.residual_projections()]
 
 
 class TransformerBlock(nn.Module):
@@ -208,14 +330,15 @@ class TransformerBlock(nn.Module):
     def __init__(self, cfg: TransformerConfig, causal: bool = False) -> None:
         super().__init__()
         self.norm_first, self.causal = cfg.norm_first, causal
-        rotary = RotaryEmbedding(cfg.head_dim, cfg.max_len) if cfg.position == "rotary" else None
+        rotary = RotaryEmbedding(cfg.head_dim, cfg.max_len, cfg.rope_base) if cfg.position == "rotary" else None
         self.attn = MultiHeadAttention(
-            cfg.d_model, cfg.n_heads, cfg.attn_dropout, fused=cfg.fused_attention, rotary=rotary
+            cfg.d_model, cfg.n_heads, cfg.attn_dropout, bias=cfg.bias, fused=cfg.fused_attention, rotary=rotary,
+            n_kv_heads=cfg.n_kv_heads,
         )
         self.attn_drop = nn.Dropout(cfg.dropout)
-        self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.ffn = FeedForward(cfg)
-        self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.norm1 = make_norm(cfg)
+        self.ffn = MoEFeedForward(cfg) if cfg.n_experts else dense_feed_forward(cfg)
+        self.norm2 = make_norm(cfg)
 
     def forward(
         self,
@@ -245,14 +368,15 @@ class TransformerBlock(nn.Module):
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
-    """BERT/GPT-2 initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm."""
+    """BERT/GPT-2 initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm/RMSNorm scale."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, 0.0, std)
         if getattr(module, "bias", None) is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
+    elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
         nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
 
 
 class TransformerStack(nn.Module):
@@ -268,7 +392,7 @@ class TransformerStack(nn.Module):
         self.gradient_checkpointing = False
         self.embeddings = Embeddings(cfg)
         self.layers = nn.ModuleList(TransformerBlock(cfg, causal) for _ in range(cfg.n_layers))
-        self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.norm_first else None
+        self.final_norm = make_norm(cfg) if cfg.norm_first else None
 
     def new_cache(self) -> list[KVCache]:
         """An empty KV cache, one entry per layer, for incremental decoding."""
@@ -282,16 +406,23 @@ class TransformerStack(nn.Module):
         kv_cache: list[KVCache] | None = None,
         return_attention: bool = False,
     ) -> ModelOutput:
-        """Hidden states (B, T, d) for token ids (B, T); attention_mask (B, past + T) marks real tokens."""
-        past = 0
+        """Hidden states (B, T, d) for token ids (B, T); attention_mask (B, past + T) marks real tokens.
+
+        kv_cache: one cache per layer (`attention.KVCache`, or any object with its `offset`, `update` and
+        `key_mask`, such as the serving engine's per-sequence slots, whose offsets differ row by row).
+        """
+        past: int | Tensor = 0
         if kv_cache is not None:
             if not self.causal:
                 raise ValueError("a KV cache only makes sense for a causal (decoder) model")
             if len(kv_cache) != len(self.layers):
                 raise ValueError(f"kv_cache has {len(kv_cache)} entries, the model {len(self.layers)} layers")
-            past = len(kv_cache[0])
+            past = kv_cache[0].offset
         x = self.embeddings(input_ids, token_type_ids, offset=past)  # validates input_ids (once per forward)
         B, T = input_ids.shape
+        if attention_mask is not None and isinstance(past, Tensor):
+            raise ValueError("an attention_mask cannot be combined with per-sequence cache offsets; the cache "
+                             "masks each sequence's keys itself")
         _check_attention_mask(attention_mask, B, past + T)
         attentions = []
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
@@ -306,7 +437,9 @@ class TransformerStack(nn.Module):
             attentions.append(w)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return ModelOutput(last_hidden_state=x, attentions=attentions if return_attention else None)
+        aux = [layer.ffn.aux_loss for layer in self.layers if isinstance(layer.ffn, MoEFeedForward)]
+        return ModelOutput(last_hidden_state=x, attentions=attentions if return_attention else None,
+                           aux_loss=sum(aux) if aux else None)
 
 
 def classification_loss(logits: Tensor, labels: Tensor | None) -> Tensor | None:
@@ -359,8 +492,8 @@ class MaskedLMHead(nn.Module):
     def __init__(self, cfg: TransformerConfig, word_embeddings: nn.Embedding) -> None:
         super().__init__()
         self.dense = nn.Linear(cfg.d_model, cfg.d_model)
-        self.act = ACTIVATIONS[cfg.activation]()
-        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.act = ACTIVATIONS[GATED.get(cfg.activation, cfg.activation)]()
+        self.norm = make_norm(cfg)
         self.decoder = nn.Linear(cfg.d_model, cfg.vocab_size)
         if cfg.tie_word_embeddings:
             self.decoder.weight = word_embeddings.weight
@@ -463,6 +596,8 @@ class GPT(nn.Module):
             # shift the labels rather than the logits: no copy of the (B, T, vocab) tensor
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)
             out.loss = F.cross_entropy(out.logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+            if out.aux_loss is not None:
+                out.loss = out.loss + self.cfg.router_aux_coef * out.aux_loss
         return out
 
 
@@ -479,8 +614,8 @@ def set_gradient_checkpointing(model: nn.Module, enabled: bool = True) -> int:
 def scaled_init_residual(stack: TransformerStack, n_layers: int, std: float = 0.02) -> None:
     """GPT-2's scaled initialisation of the projections that write into the residual stream."""
     for layer in stack.layers:
-        nn.init.normal_(layer.attn.out_proj.weight, 0.0, std / math.sqrt(2 * n_layers))
-        nn.init.normal_(layer.ffn.fc2.weight, 0.0, std / math.sqrt(2 * n_layers))
+        for proj in [layer.attn.out_proj, *layer.ffn.residual_projections()]:
+            nn.init.normal_(proj.weight, 0.0, std / math.sqrt(2 * n_layers))
 
 
 class GPTForSequenceClassification(nn.Module):
@@ -525,13 +660,27 @@ def parameter_breakdown(cfg: TransformerConfig, pooler: bool = False, lm_head: b
     Counts an encoder (embedding LayerNorm) or a GPT (final LayerNorm) as the config says;
     `pooler` adds BERT's pooler, `lm_head` adds an untied output projection when weights are not tied.
     """
-    d, f, V = cfg.d_model, cfg.d_ff, cfg.vocab_size
+    d, f, V, b = cfg.d_model, cfg.d_ff, cfg.vocab_size, int(cfg.bias)
+    kv = cfg.n_kv_heads * cfg.head_dim
+    norm = d if cfg.norm == "rms" else 2 * d
     emb = V * d + (cfg.max_len * d if cfg.position == "learned" else 0) + cfg.type_vocab_size * d
-    emb += 2 * d if cfg.embedding_norm else 0
-    attn = cfg.n_layers * (4 * d * d + 4 * d)
-    ffn = cfg.n_layers * (2 * d * f + f + d)
-    norms = cfg.n_layers * 4 * d + (2 * d if cfg.norm_first else 0)
+    emb += norm if cfg.embedding_norm else 0
+    attn = cfg.n_layers * (2 * d * d + 2 * d * kv + (2 * d + 2 * kv) * b)
+    one_ffn = 3 * d * f + (2 * f + d) * b if cfg.activation in GATED else 2 * d * f + (f + d) * b
+    ffn = cfg.n_layers * (max(cfg.n_experts, 1) * one_ffn + cfg.n_experts * d)
+    norms = cfg.n_layers * 2 * norm + (norm if cfg.norm_first else 0)
     heads = (d * d + d if pooler else 0) + (V * d if lm_head and not cfg.tie_word_embeddings else 0)
     parts = {"embeddings": emb, "attention": attn, "feed_forward": ffn, "layer_norm": norms, "heads": heads}
     parts["total"] = sum(parts.values())
     return parts
+
+
+def active_parameters(cfg: TransformerConfig, pooler: bool = False, lm_head: bool = True) -> int:
+    """Parameters one token's forward pass uses: with a mixture of experts, only `experts_per_token` of the
+    `n_experts` feed-forward networks of each layer (plus the router); without, all of them."""
+    total = parameter_breakdown(cfg, pooler, lm_head)["total"]
+    if not cfg.n_experts:
+        return total
+    d, f, b = cfg.d_model, cfg.d_ff, int(cfg.bias)
+    one_ffn = 3 * d * f + (2 * f + d) * b if cfg.activation in GATED else 2 * d * f + (f + d) * b
+    return total - cfg.n_layers * (cfg.n_experts - cfg.experts_per_token) * one_ffn

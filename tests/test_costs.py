@@ -4,6 +4,7 @@ from torch import nn
 from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaForCausalLM
 
 from bigmodel_course.costs import (
+    OPEN_WEIGHT_MODELS,
     REFERENCE_MODELS,
     ArchSpec,
     activation_bytes,
@@ -39,6 +40,49 @@ def hf_count(factory):
 ])
 def test_reference_parameter_counts_match_transformers(name, factory):
     assert reference_model(name).parameters()["total"] == hf_count(factory)
+
+
+def _open_weight(name):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    spec = reference_model(name)
+    kw = dict(vocab_size=spec.vocab_size, hidden_size=spec.d_model, intermediate_size=spec.d_ff,
+              num_hidden_layers=spec.n_layers, num_attention_heads=spec.n_heads, num_key_value_heads=spec.n_kv_heads,
+              tie_word_embeddings=spec.tied_embeddings)
+    return Qwen2ForCausalLM(Qwen2Config(**kw)) if name.startswith("Qwen") else LlamaForCausalLM(LlamaConfig(**kw))
+
+
+@pytest.mark.parametrize("name", sorted(OPEN_WEIGHT_MODELS))
+def test_open_weight_parameter_counts_match_transformers(name):
+    assert reference_model(name).parameters()["total"] == hf_count(lambda: _open_weight(name))
+
+
+def test_kv_cache_bytes_follow_the_key_value_heads():
+    llama3 = reference_model("Llama-3-8B")
+    assert llama3.kv_cache_bytes(1, "bf16") == 2 * 32 * 8 * 128 * 2  # 128 KiB per token
+    mha = ArchSpec("MHA twin", 128256, 8192, 4096, 32, 32, 14336)
+    assert mha.kv_cache_bytes(1000) == 4 * llama3.kv_cache_bytes(1000)  # 32 query heads share 8 K/V heads
+    with pytest.raises(ValueError, match="tokens"):
+        llama3.kv_cache_bytes(0)
+    with pytest.raises(ValueError, match="n_kv_heads=3"):
+        ArchSpec("bad", 10, 8, 32, 1, 4, 64, n_kv_heads=3)
+    from bigmodel_course.generation import kv_cache_bytes
+
+    assert kv_cache_bytes(2, 3, 5, 32, 4, n_heads=4, n_kv_heads=1) * 4 == kv_cache_bytes(2, 3, 5, 32, 4)
+    with pytest.raises(ValueError, match="n_kv_heads=3 needs n_heads"):
+        kv_cache_bytes(2, 3, 5, 32, n_heads=4, n_kv_heads=3)
+
+
+def test_kv_cache_formula_matches_a_real_cache():
+    from bigmodel_course.generation import cache_nbytes
+    from bigmodel_course.transformer import LlamaConfig as OurLlama
+
+    cfg = OurLlama(vocab_size=50, max_len=32, d_model=32, n_heads=4, n_kv_heads=2, n_layers=3)
+    model = GPT(cfg).eval()
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(torch.randint(0, 50, (2, 7)), kv_cache=cache)
+    assert cache_nbytes(cache) == ArchSpec.from_config(cfg).kv_cache_bytes(2 * 7, "fp32")
 
 
 def test_gpt3_has_175_billion_parameters():

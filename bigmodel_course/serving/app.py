@@ -25,6 +25,7 @@ from functools import partial
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -34,9 +35,11 @@ from .admin import UPLOAD_ROUTE, AdminGate, admin_key_from_env, admin_router, ch
 from .batching import MicroBatcher, length_buckets
 from .canary import damaged_canaries, get_canary
 from .checks import InvalidNameError
+from .llm import LLMService
 from .loaded import LoadedModel
 from .metrics import ServiceMetrics
 from .middleware import BodyLimitMiddleware, CatchAllMiddleware, MetricsMiddleware, logger
+from .openai_api import CHAT_ROUTE, COMPLETIONS_ROUTE, openai_router
 from .preprocess import InputError, check_images, check_texts, decode_png
 from .registry import ModelNotFoundError, ModelRegistry, RegistryError, check_name
 from .schemas import (
@@ -249,6 +252,8 @@ def create_app(
     admin_max_body_bytes: int = 64_000_000,
     canary_seed: int | None = None,
     body_timeout: float = 30.0,
+    llm: LLMService | None = None,
+    llm_api_keys: dict[str, int] | None = None,
 ) -> FastAPI:
     """The service over `registry` (a ModelRegistry, a registry folder, or None for the default registry).
 
@@ -257,7 +262,9 @@ def create_app(
     `micro_batch_tokens` padded characters (0: one forward pass per batch, padded to its longest text). admin_key
     (None: read BIGMODEL_ADMIN_KEY; unset: admin routes disabled) protects the /v1/admin routes, whose bodies
     (model uploads) may be up to admin_max_body_bytes. A request body that has not arrived completely within
-    body_timeout seconds is refused with 408.
+    body_timeout seconds is refused with 408. llm: a language model to serve through the OpenAI-compatible routes
+    (openai_api.py), its engine thread running while the app runs; llm_api_keys: API key → requests per minute
+    (None: the routes need no key).
     """
     from .. import __version__
 
@@ -289,9 +296,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if llm is not None:
+            llm.start()
         yield
         if batcher is not None:
             await batcher.aclose()
+        if llm is not None:
+            llm.close()
 
     app = FastAPI(title="bigmodel-course model service", version=__version__, lifespan=lifespan,
                   description="Text and digit classification with the promoted models of a model registry.")
@@ -434,12 +445,16 @@ def create_app(
     @app.get("/metrics", response_class=Response)
     def prometheus_metrics() -> Response:
         """Prometheus text format: requests, latency, items classified, model load time."""
-        return Response(metrics.render(), media_type=metrics.content_type)
+        body = metrics.render() + (generate_latest(llm.metrics.registry) if llm is not None else b"")
+        return Response(body, media_type=metrics.content_type)
 
     app.include_router(admin_router(registry, cache, max_upload_bytes=admin_max_body_bytes))
+    if llm is not None:
+        app.include_router(openai_router(llm, llm_api_keys))
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes, route_limits={UPLOAD_ROUTE: admin_max_body_bytes},
                        timeout=body_timeout)
     app.add_middleware(AdminGate, admin_key=admin_key)
     app.add_middleware(CatchAllMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=ROUTES + ADMIN_ROUTES)
+    app.add_middleware(MetricsMiddleware, metrics=metrics,
+                       routes=ROUTES + ADMIN_ROUTES + ((CHAT_ROUTE, COMPLETIONS_ROUTE) if llm is not None else ()))
     return app

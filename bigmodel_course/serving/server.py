@@ -124,12 +124,17 @@ def serve(
     threads: int | None = 1,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     keep_alive_timeout: int = DEFAULT_KEEP_ALIVE_TIMEOUT,
+    llm_dir: str | os.PathLike | None = None,
+    llm_name: str = "assistant",
+    llm_max_batch: int = 8,
     **limits: int,
 ) -> None:
     """Serve `create_app(registry, **limits)` with uvicorn on host:port until interrupted (Ctrl+C / SIGTERM).
 
     header_timeout: seconds a connection may take to send a complete request head; keep_alive_timeout: seconds
-    an idle kept-alive connection stays open (the module docstring explains both).
+    an idle kept-alive connection stays open (the module docstring explains both). llm_dir: a chat model folder
+    to serve through the OpenAI-compatible routes as `llm_name`, with `llm_max_batch` KV slots; API keys from
+    $BIGMODEL_LLM_KEYS (see `llm_keys_from_env`).
 
     threads: torch intra-op threads per forward pass (None: torch's choice). One is fastest for the small
     batches of this service: requests run in parallel threads anyway, and more threads per forward pass
@@ -147,7 +152,15 @@ def serve(
     protocol = timed_protocol(header_timeout)
     if isinstance(keep_alive_timeout, bool) or not isinstance(keep_alive_timeout, int) or keep_alive_timeout <= 0:
         raise ValueError(f"keep_alive_timeout must be a positive int of seconds, got {keep_alive_timeout!r}")
-    app = create_app(registry, **limits)
+    llm = None
+    if llm_dir is not None:
+        from ..pretrained import read_model_folder
+        from ..transformer import GPT, GPTConfig
+        from .llm import LLMService
+
+        model, tokenizer, _ = read_model_folder(Path(llm_dir), GPTConfig, GPT)
+        llm = LLMService(model.eval(), tokenizer, name=llm_name, max_batch_size=llm_max_batch)
+    app = create_app(registry, llm=llm, llm_api_keys=llm_keys_from_env(), **limits)
     sock = _bind(host, port)
     bound = sock.getsockname()[1]
     print(f"serving the models of {app.state.registry.root} on {base_url(host, bound)} (Ctrl+C stops)", flush=True)
@@ -162,6 +175,24 @@ def serve(
     if not any(isinstance(f, QueryRedactingFilter) for f in access.filters):
         access.addFilter(QueryRedactingFilter())
     uvicorn.Server(config).run(sockets=[sock])
+
+
+LLM_KEYS_ENV = "BIGMODEL_LLM_KEYS"
+
+
+def llm_keys_from_env() -> dict[str, int] | None:
+    """API keys of the language-model routes from $BIGMODEL_LLM_KEYS ("key:requests-per-minute,…"); None if unset."""
+    raw = os.environ.get(LLM_KEYS_ENV, "").strip()
+    if not raw:
+        return None
+    keys = {}
+    for number, item in enumerate(raw.split(","), 1):
+        key, _, rate = item.strip().rpartition(":")
+        if not key or not rate.isdigit() or int(rate) < 1:  # the message never quotes a key
+            raise ValueError(f"{LLM_KEYS_ENV} must hold key:requests-per-minute pairs separated by commas; "
+                             f"pair {number} is not one")
+        keys[key] = int(rate)
+    return keys
 
 
 def _tail(path: Path, lines: int = 30) -> str:
