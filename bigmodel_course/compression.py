@@ -337,9 +337,12 @@ STUDENT_KINDS = ("distilled", "control")
 
 
 def student_config(teacher_cfg: GPTConfig, spec: DistillSpec) -> GPTConfig:
-    """The student's GPT config: the teacher's vocabulary and context, the spec's depth and width."""
+    """The student's GPT config: the teacher's vocabulary and context, the spec's depth and width.
+
+    The student has one key/value head per query head (`n_kv_heads=None`), whatever the teacher shares.
+    """
     return GPTConfig.from_dict({**teacher_cfg.to_dict(), "n_layers": spec.n_layers, "d_model": spec.d_model,
-                                "n_heads": spec.n_heads, "d_ff": 4 * spec.d_model})
+                                "n_heads": spec.n_heads, "n_kv_heads": None, "d_ff": 4 * spec.d_model})
 
 
 def _subset(texts: list[str], labels: list[int], n: int | None) -> tuple[list[str], list[int]]:

@@ -31,6 +31,7 @@ BIB_KEYS = {
     "reimers2019sentence", "wang2020minilm", "ouyang2022training", "xiao2021early", "touvron2021training",
     "gidaris2018unsupervised", "howard2018universal", "gururangan2020dont", "liu2019roberta", "wettig2023should",
     "hu2022lora", "rafailov2023direct", "hewitt2021initializing", "schick2023toolformer",
+    "yu2022orca", "kwon2023efficient", "shazeer2019fast", "ainslie2023gqa", "deepseekai2024deepseekv2",
 }
 
 PIN = re.compile(r"`([A-Za-z0-9][A-Za-z0-9._-]*)==([^`\s]+)`")
