@@ -138,21 +138,27 @@ class _TiedHead(nn.Module):
 
 def quantize_model(model: nn.Module, bits: int = 4, group_size: int = 64, embeddings: bool = True) -> nn.Module:
     """A copy of `model` with every nn.Linear (and, with `embeddings`, every nn.Embedding whose width the group size
-    divides) stored weight-only quantized; a LM head tied to the token embeddings stays tied to the quantized table."""
+    divides) stored weight-only quantized; a LM head tied to the token embeddings stays tied to the table, quantized
+    or not."""
     qmax(bits)
     model = copy.deepcopy(model).eval()
     tied = {}  # id(embedding weight) -> WeightOnlyEmbedding
+    float_tables = set()  # ids of embedding weights left in floating point
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if embeddings and isinstance(child, nn.Embedding) and child.embedding_dim % group_size == 0:
                 q = WeightOnlyEmbedding(quantize_weight(child.weight, bits, group_size))
                 tied[id(child.weight)] = q
                 setattr(parent, name, q)
+            elif isinstance(child, nn.Embedding):
+                float_tables.add(id(child.weight))
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
                 if id(child.weight) in tied and child.bias is None:
                     setattr(parent, name, _TiedHead(tied[id(child.weight)]))
+                elif id(child.weight) in float_tables:
+                    continue  # a head tied to a table kept in floating point stays tied to it
                 elif child.in_features % group_size == 0:
                     setattr(parent, name, WeightOnlyLinear(quantize_weight(child.weight, bits, group_size),
                                                            child.bias))
@@ -167,3 +173,104 @@ def weight_bytes(model: nn.Module) -> int:
             seen.add(t.data_ptr())
             total += t.numel() * t.element_size()
     return total
+
+
+def quantization_error(w: Tensor, bits: int = 4, group_size: int = 64) -> float:
+    """Relative error ‖W − Ŵ‖ / ‖W‖ (Frobenius) of group-wise quantizing a 2-D weight."""
+    w = w.detach().float()
+    approx = quantize_weight(w, bits, group_size).dequantize()
+    return float((w - approx).norm() / w.norm().clamp(min=1e-12))
+
+
+def group_quantized_bytes(n_params: int, bits: int, group_size: int, scale_bytes: int = 2) -> int:
+    """Bytes of `n_params` weights stored as `bits`-bit codes plus one `scale_bytes` scale per group."""
+    if isinstance(n_params, bool) or not isinstance(n_params, int) or n_params <= 0:
+        raise ValueError(f"n_params must be a positive int, got {n_params!r}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
+        raise ValueError(f"group_size must be an int of at least 2, got {group_size!r}")
+    qmax(bits)
+    return -(-n_params * bits // 8) + -(-n_params // group_size) * scale_bytes
+
+
+# --- activations: why weight-only is the easy half -------------------------------------------------------------
+
+def fake_quantize_int8(x: Tensor, dim: int | None = None) -> Tensor:
+    """Symmetric int8 quantize-dequantize of `x`: one scale for the whole tensor (`dim=None`), or one per slice
+    along `dim` (e.g. `dim=-1` of a weight: one scale per output row)."""
+    x = x.float()
+    top = x.abs().amax() if dim is None else x.abs().amax(dim=dim, keepdim=True)
+    scale = (top / 127).clamp(min=1e-12)
+    return torch.round(x / scale).clamp(-127, 127) * scale
+
+
+def linear_input_absmax(model: nn.Module, run) -> dict[str, Tensor]:
+    """Largest |input| per input channel of every nn.Linear of `model` while `run()` executes (a hook per layer)."""
+    stats: dict[str, Tensor] = {}
+    handles = []
+
+    def hook(name):
+        def record(module, inputs, output):
+            m = inputs[0].detach().float().abs().reshape(-1, inputs[0].shape[-1]).amax(dim=0)
+            stats[name] = m if name not in stats else torch.maximum(stats[name], m)
+        return record
+
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            handles.append(module.register_forward_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    if not stats:
+        raise ValueError("run() did not call any nn.Linear of the model")
+    return stats
+
+
+def smoothquant_scales(act_absmax: Tensor, weight: Tensor, alpha: float = 0.5) -> Tensor:
+    """SmoothQuant's per-input-channel factors s_j = max|X_j|^α / max|W_j|^(1−α) (Xiao et al., 2023).
+
+    X·Wᵀ = (X / s)·(W · s)ᵀ exactly; dividing the activations by s flattens their outlier channels and moves that
+    range into the weights, which quantize per output row and tolerate it better.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if weight.dim() != 2 or act_absmax.shape != (weight.shape[1],):
+        raise ValueError(f"act_absmax of shape {tuple(act_absmax.shape)} does not match the weight's "
+                         f"{weight.shape[-1]} input columns")
+    w_absmax = weight.detach().float().abs().amax(dim=0)
+    return (act_absmax.float().clamp(min=1e-5) ** alpha / w_absmax.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
+
+
+def linear_inputs(model: nn.Module, name: str, run) -> Tensor:
+    """The inputs the nn.Linear called `name` receives while `run()` executes, as a (tokens, in_features) matrix."""
+    module = dict(model.named_modules()).get(name)
+    if not isinstance(module, nn.Linear):
+        raise ValueError(f"{name!r} is not an nn.Linear of the model")
+    seen: list[Tensor] = []
+    handle = module.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].detach().float()))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        handle.remove()
+    if not seen:
+        raise ValueError(f"run() did not call {name!r}")
+    return torch.cat([x.reshape(-1, x.shape[-1]) for x in seen])
+
+
+def w8a8_errors(x: Tensor, weight: Tensor, alpha: float = 0.5) -> dict[str, float]:
+    """Relative error ‖Y − Ŷ‖ / ‖Y‖ of Y = X·Wᵀ when int8 is applied to the weight only (one scale per output row),
+    to the weight and to the activations (one scale per tensor), and to both after SmoothQuant's rescaling."""
+    x, w = x.float(), weight.detach().float()
+    y = x @ w.T
+
+    def rel(approx: Tensor) -> float:
+        return float((y - approx).norm() / y.norm().clamp(min=1e-12))
+
+    w8 = fake_quantize_int8(w, dim=-1)
+    s = smoothquant_scales(x.abs().amax(dim=0), w, alpha)
+    return {"weight-only int8": rel(x @ w8.T),
+            "int8 weights + int8 activations": rel(fake_quantize_int8(x) @ w8.T),
+            "same, after SmoothQuant": rel(fake_quantize_int8(x / s) @ fake_quantize_int8(w * s, dim=-1).T)}

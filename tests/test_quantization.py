@@ -7,10 +7,17 @@ import torch
 from bigmodel_course.quantization import (
     WeightOnlyEmbedding,
     WeightOnlyLinear,
+    fake_quantize_int8,
+    group_quantized_bytes,
+    linear_input_absmax,
+    linear_inputs,
     pack_int4,
+    quantization_error,
     quantize_model,
     quantize_weight,
+    smoothquant_scales,
     unpack_int4,
+    w8a8_errors,
     weight_bytes,
 )
 from bigmodel_course.transformer import GPT, GPTConfig
@@ -77,6 +84,9 @@ def test_quantized_gpt_keeps_its_tied_head_and_shrinks():
     assert weight_bytes(model) / weight_bytes(int4) > 6
     assert 3.5 < weight_bytes(model) / weight_bytes(int8) < 4
     assert weight_bytes(model) == sum(p.numel() * 4 for p in model.parameters())  # tied: counted once
+    linear_only = quantize_model(model, 4, 64, embeddings=False)
+    assert linear_only.lm_head.weight is linear_only.transformer.embeddings.word.weight  # still tied, float
+    assert isinstance(linear_only.transformer.layers[0].ffn.fc1, WeightOnlyLinear)
 
 
 def test_bad_settings_are_refused():
@@ -84,3 +94,52 @@ def test_bad_settings_are_refused():
         quantize_weight(torch.randn(4, 64), bits=3)
     with pytest.raises(ValueError, match="divide the 60"):
         quantize_weight(torch.randn(4, 60), group_size=64)
+
+
+def test_quantization_error_and_byte_count_agree_with_the_stored_weight():
+    w = torch.randn(32, 256, generator=torch.Generator().manual_seed(1))
+    qw = quantize_weight(w, 4, 64)
+    assert quantization_error(w, 4, 64) == pytest.approx(float((qw.dequantize() - w).norm() / w.norm()), rel=1e-6)
+    assert group_quantized_bytes(w.numel(), 4, 64) == qw.nbytes()
+    assert group_quantized_bytes(8_000_000_000, 4, 128) == 4_000_000_000 + 62_500_000 * 2
+    with pytest.raises(ValueError, match="n_params"):
+        group_quantized_bytes(0, 4, 64)
+    with pytest.raises(ValueError, match="bits"):
+        group_quantized_bytes(100, 3, 64)
+
+
+def test_fake_int8_matches_the_numpy_reference_per_tensor_and_per_row():
+    x = torch.randn(6, 40, generator=torch.Generator().manual_seed(2))
+    a = x.numpy()
+    for dim, top in [(None, np.abs(a).max()), (-1, np.abs(a).max(axis=-1, keepdims=True))]:
+        s = top / 127
+        np.testing.assert_allclose(fake_quantize_int8(x, dim).numpy(), np.clip(np.round(a / s), -127, 127) * s,
+                                   rtol=1e-6, atol=1e-7)
+
+
+def test_activation_statistics_hooks_see_what_each_linear_receives():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    xs = [torch.randn(3, 8), torch.randn(5, 8)]
+    stats = linear_input_absmax(model, lambda: [model(x) for x in xs])
+    torch.testing.assert_close(stats["0"], torch.cat(xs).abs().amax(dim=0))
+    hidden = torch.cat([torch.relu(model[0](x)) for x in xs])
+    torch.testing.assert_close(stats["2"], hidden.abs().amax(dim=0))
+    torch.testing.assert_close(linear_inputs(model, "2", lambda: [model(x) for x in xs]), hidden.detach())
+    assert not model[0]._forward_hooks  # the hooks are removed
+    with pytest.raises(ValueError, match="not an nn.Linear"):
+        linear_inputs(model, "1", lambda: model(xs[0]))
+
+
+def test_smoothquant_keeps_the_product_and_rescues_an_outlier_channel():
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(200, 64, generator=g), torch.randn(32, 64, generator=g) * 0.1
+    x[:, 5] *= 60  # one activation channel far larger than the rest, as in LLMs' residual streams
+    s = smoothquant_scales(x.abs().amax(dim=0), w, alpha=0.5)
+    torch.testing.assert_close((x / s) @ (w * s).T, x @ w.T, rtol=1e-4, atol=1e-4)
+    err = w8a8_errors(x, w)
+    assert err["weight-only int8"] < err["same, after SmoothQuant"] < err["int8 weights + int8 activations"]
+    with pytest.raises(ValueError, match="alpha"):
+        smoothquant_scales(x.abs().amax(dim=0), w, alpha=1.5)
+    with pytest.raises(ValueError, match="input columns"):
+        smoothquant_scales(torch.ones(3), w)
