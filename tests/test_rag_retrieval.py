@@ -150,3 +150,16 @@ def test_reciprocal_rank_fusion_by_hand():
     assert reciprocal_rank_fusion([["x", "y"], ["y", "x"]], k=1) == [("x", 0.5 + 1 / 3), ("y", 0.5 + 1 / 3)]
     with pytest.raises(ValueError, match="non-empty"):
         reciprocal_rank_fusion([])
+
+
+def test_bm25_finds_the_gold_sections_of_most_dev_questions():
+    """End to end on the book: measured dev recall@5 is about 0.92; a broken loader or tokenizer falls far below."""
+    from bigmodel_course.rag.corpus import load_book_sections
+    from bigmodel_course.rag.questions import load_questions
+
+    chunks = chunk_documents(load_book_sections(), max_chars=300, overlap=1)
+    index = BM25Index.build(chunks)
+    doc_of = [c.doc_id for c in chunks]
+    dev = load_questions("dev")
+    hits = [recall_at_k([doc_of[i] for i, _ in index.search(q.question, k=50)], q.gold_doc_ids, 5) for q in dev]
+    assert np.mean(hits) >= 0.8
