@@ -46,6 +46,13 @@ SETTLE_JS = """
          [...document.querySelectorAll('.mermaid')].some((m) => !m.querySelector('svg'))) {
     await sleep(100);
   }
+  // sphinx-copybutton adds its buttons once the DOM is loaded; on a busy machine that can come after the load event
+  if (document.querySelector('script[src*="copybutton"]')) {
+    while (Date.now() < deadline &&
+           [...document.querySelectorAll('div.highlight')].some((d) => !d.querySelector('button.copybtn'))) {
+      await sleep(100);
+    }
+  }
   for (const img of document.images) img.loading = 'eager';  // off-screen lazy images too
   await Promise.all([...document.images].map((img) => img.decode().catch(() => null)));
   return true;
