@@ -227,7 +227,7 @@ def _serve(args: argparse.Namespace) -> int:
           micro_batch_wait_ms=args.micro_batch_wait_ms, micro_batch_workers=args.micro_batch_workers,
           micro_batch_tokens=args.micro_batch_tokens, header_timeout=args.header_timeout,
           keep_alive_timeout=args.keep_alive_timeout, body_timeout=args.body_timeout, llm_dir=args.llm_dir,
-          llm_name=args.llm_name, llm_max_batch=args.llm_max_batch)
+          llm_name=args.llm_name, llm_max_batch=args.llm_max_batch, rag=args.rag)
     return 0
 
 
@@ -421,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--llm-name", default="assistant", help="the model name clients send (default assistant)")
     serve.add_argument("--llm-max-batch", type=_positive_int, default=8,
                        help="sequences the generation engine decodes together (KV slots; default 8)")
+    serve.add_argument("--rag", action="store_true",
+                       help="also answer questions about the book at POST /v1/rag/ask (as `bigmodel-course ask`)")
     serve.add_argument("--port-file", default=None, help=argparse.SUPPRESS)  # background_server reads the port here
     serve.set_defaults(func=_serve)
     registry = commands.add_parser("registry", help="list, promote or roll back the models of the registry")

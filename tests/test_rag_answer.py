@@ -108,3 +108,33 @@ def test_on_the_real_book_dev_questions_are_answered_and_unrelated_ones_refused(
     assert sum(shown) / len(dev) >= 0.85
     assert all(answer(q, index).passages == [] for q in OUT_OF_SCOPE["dev"])
     assert REFUSE_BELOW > 0
+
+
+def test_service_route_answers_and_refuses_bad_bodies_in_the_service_error_shape(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from bigmodel_course.serving import ModelRegistry, create_app
+    from bigmodel_course.serving.rag_api import RAG_ROUTE
+
+    index = BookIndex.build(write_book(tmp_path / "repo"))
+    # the two-page test book needs a lower threshold than the book's
+    app = create_app(ModelRegistry(tmp_path / "registry"), rag_index=index, rag_refuse_below=0.0)
+    with TestClient(app) as client:
+        ok = client.post(RAG_ROUTE, json={"question": "分组量化的缩放系数是什么？", "max_sentences": 2})
+        assert ok.status_code == 200, ok.text
+        body = ok.json()
+        assert body["sections"][0]["url"] == "chapters/ch09_test.html#ch09-int4" and len(body["passages"]) <= 2
+        assert client.post(RAG_ROUTE, json={"question": "今天天气好吗"}).json()["passages"] == []
+        for payload, status, words in [({"question": ""}, 422, "question is empty"),
+                                       ({"question": "问" * 1001}, 422, "question"),
+                                       ({}, 422, "question"), ({"question": 3}, 422, "question"),
+                                       ({"question": "量化", "max_sentences": 0}, 422, "max_sentences"),
+                                       ({"question": "量化", "extra": 1}, 422, "extra")]:
+            r = client.post(RAG_ROUTE, json=payload)
+            assert r.status_code == status and words in r.json()["detail"], (payload, r.text)
+        bad = client.post(RAG_ROUTE, content=b"{not json", headers={"content-type": "application/json"})
+        assert bad.status_code == 400 and "not valid JSON" in bad.json()["detail"]
+        assert 'route="/v1/rag/ask"' in client.get("/metrics").text  # a bounded metric label
+    plain = create_app(ModelRegistry(tmp_path / "registry"))
+    with TestClient(plain) as client:
+        assert client.post(RAG_ROUTE, json={"question": "量化"}).status_code == 404  # not served unless asked
