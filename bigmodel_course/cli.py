@@ -227,7 +227,7 @@ def _serve(args: argparse.Namespace) -> int:
           micro_batch_wait_ms=args.micro_batch_wait_ms, micro_batch_workers=args.micro_batch_workers,
           micro_batch_tokens=args.micro_batch_tokens, header_timeout=args.header_timeout,
           keep_alive_timeout=args.keep_alive_timeout, body_timeout=args.body_timeout, llm_dir=args.llm_dir,
-          llm_name=args.llm_name, llm_max_batch=args.llm_max_batch)
+          llm_name=args.llm_name, llm_max_batch=args.llm_max_batch, rag=args.rag)
     return 0
 
 
@@ -285,6 +285,29 @@ def _bench_serve(args: argparse.Namespace) -> int:
     return 0 if result.errors == 0 else 1
 
 
+def _ask(args: argparse.Namespace) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    from .rag.answer import REFUSE_BELOW, BookIndex, answer, format_answer
+    from .rag.corpus import default_root
+
+    threshold = REFUSE_BELOW if args.refuse_below is None else args.refuse_below
+    start = time.perf_counter()
+    index = BookIndex.load_or_build(args.root)
+    loaded = time.perf_counter()
+    result = answer(args.question, index, max_sentences=args.sentences, refuse_below=threshold)
+    done = time.perf_counter()
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False, indent=1))
+        return 0
+    html = Path(args.root or default_root()) / "book" / "_build" / "html"
+    print(format_answer(result, html if html.is_dir() else None))
+    print(f"（索引加载 {1000 * (loaded - start):.0f} 毫秒，检索与摘句 {1000 * (done - loaded):.0f} 毫秒）")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the command line."""
     parser = argparse.ArgumentParser(prog="bigmodel-course", description="Companion tools of the book 大模型应用开发")
@@ -309,6 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", default="", help="a system message to start the conversation with")
     chat.add_argument("--max-tokens", type=int, default=64, help="most tokens per reply")
     chat.set_defaults(func=_chat)
+    ask = commands.add_parser("ask", help="ask the book a question: quoted sentences with links to their sections")
+    ask.add_argument("question", help="the question, in Chinese (e.g. \"int4 量化会让困惑度升高多少？\")")
+    ask.add_argument("--sentences", type=int, default=3, help="most sentences quoted (default 3)")
+    ask.add_argument("--root", default=None, help="the book's repository (default: the one this package is in)")
+    ask.add_argument("--refuse-below", type=float, default=None,
+                     help="answer only when the best passage's BM25 score reaches this (default: the threshold "
+                          "chosen on the book's dev questions; another corpus needs its own)")
+    ask.add_argument("--json", action="store_true", help="print the answer as JSON")
+    ask.set_defaults(func=_ask)
     bench = commands.add_parser("bench", help="run a benchmark")
     which = bench.add_subparsers(dest="benchmark", required=True)
     att = which.add_parser("attention", help="formula vs fused vs torch.nn.MultiheadAttention")
@@ -389,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--llm-name", default="assistant", help="the model name clients send (default assistant)")
     serve.add_argument("--llm-max-batch", type=_positive_int, default=8,
                        help="sequences the generation engine decodes together (KV slots; default 8)")
+    serve.add_argument("--rag", action="store_true",
+                       help="also answer questions about the book at POST /v1/rag/ask (as `bigmodel-course ask`)")
     serve.add_argument("--port-file", default=None, help=argparse.SUPPRESS)  # background_server reads the port here
     serve.set_defaults(func=_serve)
     registry = commands.add_parser("registry", help="list, promote or roll back the models of the registry")
@@ -430,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `bigmodel-course`."""
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` re-runs it under torchrun
-    for name in ("batch", "length", "width", "heads", "rounds", "layers", "context", "vocab", "max_tokens"):
+    for name in ("batch", "length", "width", "heads", "rounds", "layers", "context", "vocab", "max_tokens",
+                 "sentences"):
         if getattr(args, name, 1) <= 0:
             print(f"bigmodel-course: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}",
                   file=sys.stderr)

@@ -71,13 +71,14 @@ class BM25Index:
     """
 
     def __init__(self, weights: sparse.csr_matrix, vocabulary: dict[str, int], tokenizer: Tokenizer,
-                 stopwords: frozenset[str], k1: float, b: float) -> None:
+                 stopwords: frozenset[str], k1: float, b: float, idf: np.ndarray | None = None) -> None:
         self.weights = weights  # (vocabulary, documents): the BM25 contribution of each term to each document
         self.vocabulary = vocabulary
         self.tokenizer = tokenizer
         self.stopwords = stopwords
         self.k1 = k1
         self.b = b
+        self.idf = np.zeros(len(vocabulary)) if idf is None else idf  # idf of each vocabulary entry
 
     @property
     def num_documents(self) -> int:
@@ -121,6 +122,7 @@ class BM25Index:
         data = idf[rows] * tfs / (tfs + norm[cols])
         index.weights = sparse.csr_matrix((data, (rows, cols)), shape=(len(vocabulary), n))
         index.vocabulary = vocabulary
+        index.idf = idf
         return index
 
     def scores(self, query: str) -> np.ndarray:

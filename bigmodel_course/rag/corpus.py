@@ -23,7 +23,7 @@ _LABEL = re.compile(r"^\(([^()\s]+)\)=\s*$")
 _FENCE = re.compile(r"^\s*(`{3,}|~{3,}|:{3,})\s*(.*)$")
 _DIRECTIVE = re.compile(r"^\{([\w:-]+)\}\s*(.*)$")
 _OPTION = re.compile(r"^\s*:[\w-]+:")
-_ROLE = re.compile(r"\{[\w:-]+\}`([^`]*)`")
+_ROLE = re.compile(r"\{([\w:-]+)\}`([^`]*)`")
 _ROLE_TITLE = re.compile(r"^(.*?)\s*<[^<>]+>$", re.S)
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
 _EMPHASIS = re.compile(r"(\*\*|__|\*|`)")
@@ -78,7 +78,8 @@ def sphinx_id(heading: str) -> str:
 
 def clean_markdown(text: str) -> str:
     """Readable text from MyST Markdown: fence lines, directive options, labels and comments dropped,
-    ``{role}`target``` reduced to its text (the title of ``title <target>``), emphasis markers removed."""
+    ``{role}`target``` reduced to its text (the title of ``title <target>``; citations dropped), emphasis markers
+    removed."""
     lines = []
     after_directive = False
     for line in _COMMENT.sub("", text).splitlines():
@@ -103,7 +104,9 @@ def clean_markdown(text: str) -> str:
 
 
 def _role_text(match: re.Match) -> str:
-    content = match.group(1).strip()
+    if match.group(1) == "cite":
+        return ""  # a bibliography key reads as noise in quoted text
+    content = match.group(2).strip()
     titled = _ROLE_TITLE.match(content)
     return titled.group(1) if titled and titled.group(1) else content
 

@@ -39,8 +39,10 @@ from .llm import LLMService
 from .loaded import LoadedModel
 from .metrics import ServiceMetrics
 from .middleware import BodyLimitMiddleware, CatchAllMiddleware, MetricsMiddleware, logger
+from ..rag.answer import REFUSE_BELOW, BookIndex
 from .openai_api import CHAT_ROUTE, COMPLETIONS_ROUTE, openai_router
 from .preprocess import InputError, check_images, check_texts, decode_png
+from .rag_api import RAG_ROUTE, rag_router
 from .registry import ModelNotFoundError, ModelRegistry, RegistryError, check_name
 from .schemas import (
     ClassifyResponse,
@@ -254,6 +256,8 @@ def create_app(
     body_timeout: float = 30.0,
     llm: LLMService | None = None,
     llm_api_keys: dict[str, int] | None = None,
+    rag_index: BookIndex | None = None,
+    rag_refuse_below: float = REFUSE_BELOW,
 ) -> FastAPI:
     """The service over `registry` (a ModelRegistry, a registry folder, or None for the default registry).
 
@@ -264,7 +268,8 @@ def create_app(
     (model uploads) may be up to admin_max_body_bytes. A request body that has not arrived completely within
     body_timeout seconds is refused with 408. llm: a language model to serve through the OpenAI-compatible routes
     (openai_api.py), its engine thread running while the app runs; llm_api_keys: API key → requests per minute
-    (None: the routes need no key).
+    (None: the routes need no key). rag_index: the book's index, served by POST /v1/rag/ask (rag_api.py),
+    answering when the best passage scores at least rag_refuse_below.
     """
     from .. import __version__
 
@@ -451,10 +456,13 @@ def create_app(
     app.include_router(admin_router(registry, cache, max_upload_bytes=admin_max_body_bytes))
     if llm is not None:
         app.include_router(openai_router(llm, llm_api_keys))
+    if rag_index is not None:
+        app.include_router(rag_router(rag_index, rag_refuse_below))
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes, route_limits={UPLOAD_ROUTE: admin_max_body_bytes},
                        timeout=body_timeout)
     app.add_middleware(AdminGate, admin_key=admin_key)
     app.add_middleware(CatchAllMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics,
-                       routes=ROUTES + ADMIN_ROUTES + ((CHAT_ROUTE, COMPLETIONS_ROUTE) if llm is not None else ()))
+                       routes=ROUTES + ADMIN_ROUTES + ((CHAT_ROUTE, COMPLETIONS_ROUTE) if llm is not None else ())
+                       + ((RAG_ROUTE,) if rag_index is not None else ()))
     return app

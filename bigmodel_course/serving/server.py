@@ -127,6 +127,7 @@ def serve(
     llm_dir: str | os.PathLike | None = None,
     llm_name: str = "assistant",
     llm_max_batch: int = 8,
+    rag: bool = False,
     **limits: int,
 ) -> None:
     """Serve `create_app(registry, **limits)` with uvicorn on host:port until interrupted (Ctrl+C / SIGTERM).
@@ -134,7 +135,8 @@ def serve(
     header_timeout: seconds a connection may take to send a complete request head; keep_alive_timeout: seconds
     an idle kept-alive connection stays open (the module docstring explains both). llm_dir: a chat model folder
     to serve through the OpenAI-compatible routes as `llm_name`, with `llm_max_batch` KV slots; API keys from
-    $BIGMODEL_LLM_KEYS (see `llm_keys_from_env`).
+    $BIGMODEL_LLM_KEYS (see `llm_keys_from_env`). rag: also answer questions about the book at POST /v1/rag/ask
+    (the cached book index, built first when missing or stale).
 
     threads: torch intra-op threads per forward pass (None: torch's choice). One is fastest for the small
     batches of this service: requests run in parallel threads anyway, and more threads per forward pass
@@ -160,7 +162,12 @@ def serve(
 
         model, tokenizer, _ = read_model_folder(Path(llm_dir), GPTConfig, GPT)
         llm = LLMService(model.eval(), tokenizer, name=llm_name, max_batch_size=llm_max_batch)
-    app = create_app(registry, llm=llm, llm_api_keys=llm_keys_from_env(), **limits)
+    rag_index = None
+    if rag:
+        from ..rag.answer import BookIndex
+
+        rag_index = BookIndex.load_or_build()
+    app = create_app(registry, llm=llm, llm_api_keys=llm_keys_from_env(), rag_index=rag_index, **limits)
     sock = _bind(host, port)
     bound = sock.getsockname()[1]
     print(f"serving the models of {app.state.registry.root} on {base_url(host, bound)} (Ctrl+C stops)", flush=True)
