@@ -93,7 +93,7 @@ class DenseSpec:
 DENSE_SPECS = {
     "ci": DenseSpec("ci", steps=12, batch_size=8, lr=1e-3, temperature=0.05, query_len=32, passage_len=64,
                     chunk_chars=60, n_news_windows=200),
-    # about four minutes on two CPU cores (measured in tools/rag_eval.py's log)
+    # 87 s on two otherwise idle CPU cores (tools/rag_eval.py prints each recipe's training time)
     "full": DenseSpec("full", steps=400, batch_size=32, lr=2e-4, temperature=0.05),
 }
 
