@@ -18,7 +18,7 @@ from scipy import sparse
 
 from ..files import atomic_directory
 from ..utils import cache_dir
-from .bm25 import MAX_QUERY_CHARS, BM25Index, jieba_tokenize
+from .bm25 import BM25Index, check_query, jieba_tokenize
 from .chunking import Chunk, chunk_documents, split_sentences
 from .corpus import SKIPPED_BOOK_PAGES, default_root, load_book_sections
 
@@ -151,14 +151,7 @@ class BookIndex:
 
 def check_question(question: str) -> str:
     """The question stripped; a clear error when it is not a non-empty string of at most MAX_QUERY_CHARS."""
-    if not isinstance(question, str):
-        raise ValueError(f"question must be a string, got {type(question).__name__}")
-    question = question.strip()
-    if not question:
-        raise ValueError("question is empty")
-    if len(question) > MAX_QUERY_CHARS:
-        raise ValueError(f"question is {len(question)} characters long; the limit is {MAX_QUERY_CHARS}")
-    return question
+    return check_query(question, "question")
 
 
 def answer(question: str, index: BookIndex, k_sections: int = K_SECTIONS, max_sentences: int = 3,

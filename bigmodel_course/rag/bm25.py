@@ -19,6 +19,17 @@ MAX_QUERY_CHARS = 1000
 Tokenizer = Callable[[str], list[str]]
 
 
+def check_query(query: str, what: str = "query") -> str:
+    """`query` stripped; a clear error when it is not a non-empty string of at most MAX_QUERY_CHARS characters."""
+    if not isinstance(query, str):
+        raise ValueError(f"{what} must be a string, got {type(query).__name__}")
+    if not query.strip():
+        raise ValueError(f"{what} is empty")
+    if len(query) > MAX_QUERY_CHARS:
+        raise ValueError(f"{what} is {len(query)} characters long; the limit is {MAX_QUERY_CHARS}")
+    return query.strip()
+
+
 def _is_punctuation_or_space(token: str) -> bool:
     return all(ch.isspace() or unicodedata.category(ch)[0] in "PSZ" for ch in token)
 
@@ -127,12 +138,7 @@ class BM25Index:
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of `query` against every document (float64 array of length `num_documents`)."""
-        if not isinstance(query, str):
-            raise ValueError(f"query must be a string, got {type(query).__name__}")
-        if not query.strip():
-            raise ValueError("query is empty")
-        if len(query) > MAX_QUERY_CHARS:
-            raise ValueError(f"query is {len(query)} characters long; the limit is {MAX_QUERY_CHARS}")
+        check_query(query)
         ids = [self.vocabulary[tok] for tok in self.tokenize(query) if tok in self.vocabulary]
         if not ids:
             return np.zeros(self.num_documents)

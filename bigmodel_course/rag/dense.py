@@ -42,7 +42,7 @@ from ..multimodal import clip_loss
 from ..tokenization import CharTokenizer
 from ..transformer import EncoderConfig, TransformerEncoder, mean_pool
 from ..utils import cache_dir, get_profile, seed_everything
-from .bm25 import MAX_QUERY_CHARS, BM25Index, _text_of
+from .bm25 import BM25Index, _text_of, check_query
 from .chunking import Chunk, chunk_documents, split_sentences
 from .corpus import Document
 from .evaluation import reciprocal_rank_fusion
@@ -415,12 +415,7 @@ class DenseIndex:
 
     def embed_query(self, query: str) -> np.ndarray:
         """The query's unit vector (1, dim); the same checks as `BM25Index.scores`."""
-        if not isinstance(query, str):
-            raise ValueError(f"query must be a string, got {type(query).__name__}")
-        if not query.strip():
-            raise ValueError("query is empty")
-        if len(query) > MAX_QUERY_CHARS:
-            raise ValueError(f"query is {len(query)} characters long; the limit is {MAX_QUERY_CHARS}")
+        check_query(query)
         if self.encoder is None:
             raise ValueError("this index was built from vectors without an encoder: use search_vectors")
         return self.encoder.encode([query])
