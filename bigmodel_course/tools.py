@@ -34,6 +34,7 @@ class Tool:
     description: str
     parameters: dict
     function: Callable[..., str]
+    changes_state: bool = False  # True: it acts on the world (an agent runs it only with a person's confirmation)
 
     @property
     def schema(self) -> dict:
