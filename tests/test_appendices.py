@@ -33,6 +33,8 @@ BIB_KEYS = {
     "gidaris2018unsupervised", "howard2018universal", "gururangan2020dont", "liu2019roberta", "wettig2023should",
     "hu2022lora", "rafailov2023direct", "hewitt2021initializing", "schick2023toolformer",
     "yu2022orca", "kwon2023efficient", "shazeer2019fast", "ainslie2023gqa", "deepseekai2024deepseekv2",
+    "lewis2020retrieval", "robertson2009probabilistic", "karpukhin2020dense", "lee2019latent",
+    "cormack2009reciprocal", "johnson2021billion", "malkov2020efficient", "nogueira2019passage",
 }
 
 PIN = re.compile(r"`([A-Za-z0-9][A-Za-z0-9._-]*)==([^`\s]+)`")

@@ -3,6 +3,7 @@ recall@5 and MRR on the evaluation questions.
 
 Every choice is made on the dev half: BM25's chunk size and stop words, the dense retriever's chunk size and
 training recipe (the profile's `DENSE_SPECS` entry and the variants named with --variant), the fusion constant.
+The logic lives in `bigmodel_course.rag.benchmark` (Chapter 7's notebook runs the same); this is its command line.
 With --test, the best dev setting of each retriever is then measured once on the test half.
 
     PYTHONPATH=. .venv/bin/python tools/rag_eval.py                        # dev only
@@ -20,24 +21,9 @@ from dataclasses import fields
 
 import numpy as np
 
-from bigmodel_course.rag.bm25 import BM25Index, document_frequency_table, jieba_tokenize
-from bigmodel_course.rag.chunking import chunk_documents
-from bigmodel_course.rag.corpus import load_book_sections
-from bigmodel_course.rag.dense import DENSE_SPECS, DenseIndex, hybrid_ranking, load_dense, section_ranking, variant
-from bigmodel_course.rag.evaluation import mrr, recall_at_k
+from bigmodel_course.rag.benchmark import evaluation_corpus, metrics, run_benchmark
+from bigmodel_course.rag.dense import DENSE_SPECS, load_dense, variant
 from bigmodel_course.rag.questions import load_questions
-
-BM25_CHARS = (300, 600)
-STOP_FRACTION = 0.5  # the stop-word variant: tokens in more than half of the chunks
-DENSE_CHARS = (60, 110)  # the encoder reads at most 128 characters (title included)
-RRF_KS = (3, 10, 30, 60)
-
-
-def metrics(rankings: list[list[str]], questions) -> dict[str, float]:
-    """Mean recall@1, recall@5 and MRR of section rankings, one per question."""
-    return {"R@1": float(np.mean([recall_at_k(r, q.gold_doc_ids, 1) for r, q in zip(rankings, questions)])),
-            "R@5": float(np.mean([recall_at_k(r, q.gold_doc_ids, 5) for r, q in zip(rankings, questions)])),
-            "MRR": float(np.mean([mrr(r, q.gold_doc_ids) for r, q in zip(rankings, questions)]))}
 
 
 def parse_variant(text: str, profile: str):
@@ -66,76 +52,33 @@ def main() -> None:
     parser.add_argument("--test", action="store_true", help="measure the best dev settings once on the test half")
     args = parser.parse_args()
 
-    docs = load_book_sections()
+    docs = evaluation_corpus()
     dev, test = load_questions("dev"), load_questions("test")
     print(f"{len(docs)} book sections; {len(dev)} dev and {len(test)} test questions\n")
-    print("| retriever | R@1 | R@5 | MRR | split |\n|---|---|---|---|---|")
 
-    # BM25: chunk size x stop words, on dev
-    bm25 = {}
-    for max_chars in BM25_CHARS:
-        chunks = chunk_documents(docs, max_chars=max_chars, overlap=1)
-        table = document_frequency_table((jieba_tokenize(f"{c.title}\n{c.text}") for c in chunks), top=500)
-        for stop_name, stop in (("none", set()), (f"df>{STOP_FRACTION}",
-                                                  {t for t, _, share in table if share > STOP_FRACTION})):
-            index = BM25Index.build(chunks, stopwords=stop)
-            sections = [c.doc_id for c in chunks]
-            name = f"BM25 {max_chars} chars, stop words {stop_name}"
-            ranks = {q.qid: section_ranking(index.scores(q.question), sections) for q in dev + test}
-            bm25[name] = (index, sections, ranks)
-            print(row(name, metrics([ranks[q.qid] for q in dev], dev), "dev"), flush=True)
-    best_bm25 = max(bm25, key=lambda n: (metrics([bm25[n][2][q.qid] for q in dev], dev)["R@5"],
-                                         metrics([bm25[n][2][q.qid] for q in dev], dev)["MRR"]))
-
-    # dense: recipe x chunk size, on dev
     specs = ([] if args.no_default else [("recipe " + args.profile, None)]) + [
         (v, parse_variant(v, args.profile)) for v in args.variant]
-    dense = {}
+    encoders = {}
     for recipe, spec in specs:
         start = time.perf_counter()
         encoder = load_dense(args.profile, spec=spec, progress=False)
+        encoders[recipe] = encoder
         print(f"<!-- {recipe}: loaded in {time.perf_counter() - start:.0f} s, trained in "
               f"{encoder.meta['train_seconds']} s; loss {encoder.meta['history'][0]['loss']:.3f} -> "
               f"{np.mean([h['loss'] for h in encoder.meta['history'][-20:]]):.3f} (mean of the last 20) -->",
               flush=True)
-        for max_chars in DENSE_CHARS:
-            chunks = chunk_documents(docs, max_chars=max_chars, overlap=1)
-            index = DenseIndex.build(chunks, encoder)
-            sections = [c.doc_id for c in chunks]
-            ranks = {q.qid: section_ranking(index.scores(q.question), sections) for q in dev + test}
-            name = f"dense ({recipe}), {max_chars} chars"
-            dense[name] = (index, sections, ranks)
-            print(row(name, metrics([ranks[q.qid] for q in dev], dev), "dev"), flush=True)
 
-    # hybrid: BM25 (each chunk size, no stop words) with every dense setting, fusion constant k; BM25 ranks only the
-    # sections with a chunk sharing a word with the question (as `hybrid_ranking` does)
-    hybrid = {}
-    for bm_name, (bm_index, bm_sections, _) in bm25.items():
-        if not bm_name.endswith("none"):
-            continue
-        for name, (d_index, d_sections, _) in dense.items():
-            for k in RRF_KS:
-                fused = {q.qid: [s for s, _ in hybrid_ranking(q.question, bm_index, bm_sections, d_index, d_sections,
-                                                              k=k)] for q in dev + test}
-                hname = f"hybrid RRF k={k}: {bm_name} + {name}"
-                hybrid[hname] = fused
-                print(row(hname, metrics([fused[q.qid] for q in dev], dev), "dev"), flush=True)
-
-    def best(table):
-        return max(table, key=lambda n: (metrics([table[n][q.qid] for q in dev], dev)["R@5"],
-                                         metrics([table[n][q.qid] for q in dev], dev)["MRR"]))
-
-    chosen = {"BM25": (best_bm25, bm25[best_bm25][2])}
-    if dense:
-        dense = {name: ranks for name, (_, _, ranks) in dense.items()}
-        chosen["dense"] = (best(dense), dense[best(dense)])
-        chosen["hybrid"] = (best(hybrid), hybrid[best(hybrid)])
+    bench = run_benchmark(docs, dev, test, encoders)
+    print("| retriever | R@1 | R@5 | MRR | split |\n|---|---|---|---|---|")
+    for settings in bench.settings.values():
+        for s in settings:
+            print(row(s.name, metrics(s.rankings, dev), "dev"))
     print("\n| retriever (best dev setting: recall@5, then MRR) | R@1 | R@5 | MRR | split |\n|---|---|---|---|---|")
-    for kind, (name, ranks) in chosen.items():
-        print(row(f"{kind}: {name}", metrics([ranks[q.qid] for q in dev], dev), "dev"))
+    for kind, s in bench.chosen.items():
+        print(row(f"{kind}: {s.name}", metrics(s.rankings, dev), "dev"))
     if args.test:
-        for kind, (name, ranks) in chosen.items():
-            print(row(f"{kind}: {name}", metrics([ranks[q.qid] for q in test], test), "test, once"))
+        for kind, s in bench.chosen.items():
+            print(row(f"{kind}: {s.name}", metrics(s.rankings, test), "test, once"))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ not for putting a question and the passage answering it close together. The bi-e
 * **title -> text**: a section's heading is the query, a chunk of its text the positive.
 
 None of this reads the evaluation questions (`questions.py`): the book's text is the corpus being searched, and
-fitting the encoder to it is the unsupervised domain adaptation every retrieval system may do.
+fitting the encoder to it is the unsupervised domain adaptation every retrieval system may do. The book is read as
+the benchmark reads it (`benchmark.evaluation_corpus`), without the page that discusses the evaluation questions.
 
 Training uses in-batch negatives: in a batch of B pairs each query's positive is its own passage and the other B - 1
 passages are its negatives, scored by the symmetric InfoNCE loss of Chapter 7's mini-CLIP (`multimodal.clip_loss`)
@@ -306,7 +307,7 @@ def train_dense(profile: str, spec: DenseSpec | None = None, root: Path | None =
     """Train the bi-encoder of `profile` (or the variant `spec`) from the pre-trained BERT and publish it
     atomically in the cache; returns its folder."""
     from ..pretrained import load_pretrained
-    from .corpus import load_book_sections
+    from .benchmark import evaluation_corpus
 
     profile = get_profile(profile).name
     spec = spec or DENSE_SPECS[profile]
@@ -314,7 +315,7 @@ def train_dense(profile: str, spec: DenseSpec | None = None, root: Path | None =
     encoder = encoder_from_pretrained(pre.model)
     if spec.passage_len > encoder.cfg.max_len or spec.query_len > encoder.cfg.max_len:
         raise ValueError(f"query_len/passage_len exceed the encoder's context of {encoder.cfg.max_len} tokens")
-    book_pairs, news = corpus_pairs(spec, load_book_sections() if book is None else book)
+    book_pairs, news = corpus_pairs(spec, evaluation_corpus() if book is None else book)
     pools, shares = [book_pairs], [1.0 - spec.news_share]
     if news:
         pools.append(news)
