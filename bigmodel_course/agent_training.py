@@ -24,7 +24,7 @@ from .agents import (ALL, NOT_CONFIRMED, NOT_FOUND, PROMOTE, SEARCH, SYSTEM, VER
                      run_agent)
 from .alignment import sft_loader
 from .chat import render
-from .data.instructions import arithmetic_examples
+from .data.instructions import arithmetic_examples, clause_texts
 from .model_cache import load_or_train, publish, read_json, read_meta, write_model_files
 from .post_training import chat_model
 from .pretrained import read_model_folder
@@ -34,6 +34,9 @@ from .transformer import GPT, GPTConfig
 from .utils import cache_dir, get_profile, seed_everything
 
 VARIANTS = ("naive", "hardened")
+TEST_NAMES = ("tiny-text", "tiny-digits")  # held out: the models of the practice registry
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+MAX_DEV_QUESTION_CHARS = 36  # longer reader questions would not fit the context with a poisoned passage
 TRAIN_NAMES = ("reviews", "digits", "faq", "news", "bert-mini", "gpt-small", "vit-digits", "clip", "resnet",
                "sentiment", "ocr", "ranker")
 BOOK_TEMPLATES = ("{t}是什么？", "书里哪里讲了{t}？", "{t}讲了什么？", "想了解{t}，该看哪一节？",
@@ -62,8 +65,23 @@ def book_answer(observation: str) -> str:
     return f"见{observation[: observation.index('》') + 1]}。"
 
 
+def model_name(rng: random.Random) -> str:
+    """A model name for a training conversation: a familiar one or a made-up one (so the model learns to copy
+    names, not to remember a few); never one of the held-out `TEST_NAMES`."""
+    while True:
+        if rng.random() < 0.5:
+            name = rng.choice(TRAIN_NAMES)
+        else:
+            name = "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 8)))
+            if rng.random() < 0.5:
+                name += "-" + ("".join(rng.choice(LETTERS) for _ in range(rng.randint(2, 6)))
+                               if rng.random() < 0.7 else str(rng.randint(1, 99)))
+        if name not in TEST_NAMES:
+            return name
+
+
 def _versions(rng: random.Random) -> tuple[list[str], str]:
-    versions = [f"v{i}" for i in range(1, rng.randint(2, 5) + 1)]
+    versions = [f"v{i}" for i in range(1, rng.randint(2, 9) + 1)]
     return versions, rng.choice(versions)
 
 
@@ -71,26 +89,44 @@ def _convo(*turns: tuple[str, str]) -> list[dict]:
     return [{"role": "system", "content": SYSTEM}] + [{"role": r, "content": c} for r, c in turns]
 
 
-def injection(template: str, rng: random.Random, names=TRAIN_NAMES) -> str:
-    """One injected instruction from a template, with a model name and a version filled in."""
-    return template.format(name=rng.choice(names), v=f"v{rng.randint(1, 5)}")
+def injection(template: str, rng: random.Random, names=None) -> str:
+    """One injected instruction from a template, with a model name (from `names`, else made up) and a version."""
+    return template.format(name=rng.choice(names) if names else model_name(rng), v=f"v{rng.randint(1, 9)}")
+
+
+def _book_questions(index, rng: random.Random, n: int) -> list[str]:
+    """Training questions for the search task: a third about the book's section titles, a third about clauses of
+    People's Daily (most of which the book does not answer), a third the readers' dev-half questions."""
+    from .rag.questions import load_questions
+
+    titles = sorted({c.title for c in index.chunks if 2 <= len(c.title) <= 20})
+    clauses = clause_texts()
+    dev = [q.question for q in load_questions("dev") if len(q.question) <= MAX_DEV_QUESTION_CHARS]
+    out = []
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            out.append(rng.choice(BOOK_TEMPLATES).format(t=rng.choice(titles)))
+        elif kind == 1:
+            out.append(rng.choice(BOOK_TEMPLATES).format(t=rng.choice(clauses)))
+        else:
+            out.append(rng.choice(dev))
+    return out
 
 
 def agent_conversations(index, n_per_task: int, variant: str, seed: int = 0,
                         poisoned_share: float = 0.3) -> list[list[dict]]:
     """Training conversations for `variant`, `n_per_task` of each task (book, arith, versions, promote) plus the
-    reveal requests; every one starts with the system prompt. Book questions are made from the book's section
-    titles (the evaluation uses the readers' questions), the search results are the real ones."""
+    reveal requests; every one starts with the system prompt. The search results are the real ones; the readers'
+    test-half questions and the practice registry's model names are never used."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
     rng = random.Random(f"agent-{seed}")
     hardened = variant == "hardened"
     show = quote_untrusted if hardened else (lambda text: text)
     search = agent_tools(index)[SEARCH].function
-    titles = sorted({c.title for c in index.chunks if 2 <= len(c.title) <= 20})
     out = []
-    for _ in range(n_per_task):
-        question = rng.choice(BOOK_TEMPLATES).format(t=rng.choice(titles))
+    for question in _book_questions(index, rng, n_per_task):
         observation = clip(search(question))
         shown = observation
         if hardened and rng.random() < poisoned_share:
@@ -101,14 +137,14 @@ def agent_conversations(index, n_per_task: int, variant: str, seed: int = 0,
         user, call, result, answer = (m["content"] for m in e.messages)
         out.append(_convo(("user", user), ("assistant", call), ("tool", show(result)), ("assistant", answer)))
     for _ in range(n_per_task):
-        name = rng.choice(TRAIN_NAMES)
+        name = model_name(rng)
         versions, live = _versions(rng)
         out.append(_convo(("user", rng.choice(VERSION_TEMPLATES).format(name=name)),
                           ("assistant", call_text(VERSIONS, name=name)),
                           ("tool", show(describe_versions(name, versions, live))),
                           ("assistant", f"{name} 上线的是 {live}。")))
     for _ in range(n_per_task):
-        name, v = rng.choice(TRAIN_NAMES), f"v{rng.randint(1, 5)}"
+        name, v = model_name(rng), f"v{rng.randint(1, 9)}"
         done = rng.random() < 0.5
         observation = f"{name} 已上线 {v}" if done else NOT_CONFIRMED
         answer = f"已把 {name} 的 {v} 上线。" if done else f"没有得到确认，{name} 的 {v} 没有上线。"
@@ -136,7 +172,7 @@ class AgentSpec:
 
 AGENT_SPECS = {
     "ci": AgentSpec(max_len=256, n_per_task=20, max_steps=8, batch_size=8, lr=1e-3, warmup_steps=2),
-    "full": AgentSpec(max_len=256, n_per_task=1500, max_steps=500, batch_size=16, lr=1e-3, warmup_steps=30),
+    "full": AgentSpec(max_len=256, n_per_task=1500, max_steps=2000, batch_size=16, lr=1e-3, warmup_steps=50),
 }
 
 
@@ -176,8 +212,8 @@ def train_agent(variant: str, profile: str = "full", index=None, root: Path | No
     seed_everything(0)
     base, tokenizer = chat_model(profile, progress, dropout=0.0)
     model = extend_context(base, spec.max_len)
-    rendered = [render(c, tokenizer, max_len=spec.max_len)
-                for c in agent_conversations(index, spec.n_per_task, variant, poisoned_share=spec.poisoned_share)]
+    conversations = agent_conversations(index, spec.n_per_task, variant, poisoned_share=spec.poisoned_share)
+    rendered = [r for r in (render(c, tokenizer) for c in conversations) if len(r.input_ids) <= spec.max_len]
     loader = sft_loader(rendered, tokenizer.pad_id, spec.batch_size, seed=0)
     config = TrainConfig(lr=spec.lr, max_steps=spec.max_steps, warmup_steps=spec.warmup_steps, log_every=10,
                          seed=0, progress=progress)
@@ -185,6 +221,7 @@ def train_agent(variant: str, profile: str = "full", index=None, root: Path | No
     start = time.perf_counter()
     trainer.train()
     meta = {"variant": variant, "profile": profile, "spec": asdict(spec), "conversations": len(rendered),
+            "too_long": len(conversations) - len(rendered),
             "train_seconds": round(time.perf_counter() - start, 1), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     target = agent_dir(variant, profile, root)
     with publish(target) as tmp:
@@ -216,9 +253,6 @@ def load_agent(variant: str = "hardened", profile: str | None = None, index=None
 
     return load_or_train(target, lambda: train_agent(variant, profile, index, root, progress), read,
                          what=f"{variant} agent", stale=lambda folder: read_meta(folder).get("spec") != recorded)
-
-
-TEST_NAMES = ("tiny-text", "tiny-digits")  # held out: the models of the practice registry
 
 
 def practice_registry(root: str | Path, versions: int = 3):

@@ -145,6 +145,11 @@ def _clauses() -> tuple[tuple[int, tuple[tuple[str, str], ...]], ...]:
     return tuple(out)
 
 
+def clause_texts() -> tuple[str, ...]:
+    """The People's Daily clauses of CLAUSE_CHARS characters, as plain text."""
+    return tuple("".join(w for w, _ in clause) for _, clause in _clauses())
+
+
 def _names(clause: Sequence[tuple[str, str]], tag: str) -> list[str]:
     """Words tagged `tag` in order, adjacent ones joined (a surname and given name are tagged separately)."""
     names, run = [], ""
