@@ -194,6 +194,7 @@ def test_training_conversations_are_well_formed(monkeypatch):
         assert (len(poisoned) > 0) == (variant == "hardened")
     assert not set(INJECTIONS["train"]) & set(INJECTIONS["test"])
     assert book_answer("《注意力》一句话。") == "见《注意力》。"
+    assert book_answer("《很长很长的标题…") == "见《很长很长的标题》。"
     assert book_answer("没有找到相关的内容。").startswith("书中没有")
     assert parse_call(call_text(CALCULATOR, expression="1+2"), agent_tools()).arguments == {"expression": "1+2"}
 
