@@ -16,8 +16,8 @@ import json
 import random
 import re
 import time
-from dataclasses import asdict, dataclass, replace
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .agents import (ALL, NOT_CONFIRMED, NOT_FOUND, PROMOTE, QUOTE_OPEN, SEARCH, SYSTEM, VERSIONS, Defences,

@@ -96,8 +96,8 @@ def test_the_longest_and_largest_notebooks_are_the_ones_the_guide_names():
     rows, _ = table()
     text = GUIDE.read_text(encoding="utf-8")
     longest = sorted(rows, key=lambda r: float(r["full"]))[-2:]
-    assert {r["nb"] for r in longest} == {"ch06_assistant.ipynb", "ch02_pretraining.ipynb"}
-    assert "用时最长的两个笔记本是 `ch06_assistant` 和 `ch02_pretraining`" in text
+    assert {r["nb"] for r in longest} == {"ch06_assistant.ipynb", "ch07_rag_agents.ipynb"}
+    assert "用时最长的两个笔记本是 `ch06_assistant` 和 `ch07_rag_agents`" in text
     largest = max(rows, key=lambda r: int(r["peak"].replace(",", "")))
     assert largest["nb"] == "ch05_compute.ipynb" and "峰值最大的是 `ch05_compute`" in text
     assert int(largest["peak"].replace(",", "")) > 6 * 1024, "the guide warns 8 GB laptops about it"
