@@ -15,24 +15,20 @@ from __future__ import annotations
 import json
 import random
 import re
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .agents import (ALL, NOT_CONFIRMED, NOT_FOUND, PROMOTE, QUOTE_OPEN, SEARCH, SYSTEM, VERSIONS, Defences, Trace,
                      agent_tools, clip, confirm_only, describe_versions, leaks, model_policy, quote_untrusted,
                      run_agent)
-from .alignment import sft_loader
-from .chat import render
 from .data.instructions import arithmetic_examples, clause_texts
 from .model_cache import load_or_train, publish, read_json, read_meta, write_model_files
-from .post_training import chat_model
+from .long_context import LongSFTSpec, fine_tune_long
 from .pretrained import read_model_folder
 from .tokenization import CharTokenizer
-from .training import Trainer, TrainConfig
 from .transformer import GPT, GPTConfig
-from .utils import cache_dir, get_profile, seed_everything
+from .utils import cache_dir, get_profile
 
 VARIANTS = ("naive", "hardened")
 TEST_NAMES = ("tiny-text", "tiny-digits")  # held out: the models of the practice registry
@@ -181,23 +177,6 @@ AGENT_SPECS = {
 }
 
 
-def extend_context(model: GPT, max_len: int) -> GPT:
-    """A copy of a GPT with learned positions whose context is `max_len`: the new positions start as copies of the
-    learned ones, repeated (Beltagy et al. 2020 grow Longformer's positions the same way), then fine-tuning
-    adapts them."""
-    old = model.cfg.max_len
-    if model.cfg.position != "learned":
-        raise ValueError(f"extend_context needs learned positions, got {model.cfg.position!r}")
-    if max_len < old:
-        raise ValueError(f"max_len {max_len} is shorter than the model's context {old}")
-    grown = GPT(replace(model.cfg, max_len=max_len))
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    key = "transformer.embeddings.position.embedding.weight"
-    state[key] = state[key].repeat((max_len + old - 1) // old, 1)[:max_len]
-    grown.load_state_dict(state)
-    return grown.train(model.training)
-
-
 def agent_book_index():
     """The book index the agent searches in training and in the experiments: the retrieval benchmark's corpus
     (the book without the chapter that discusses the evaluation questions)."""
@@ -220,24 +199,14 @@ def train_agent(variant: str, profile: str = "full", index=None, root: Path | No
     profile = get_profile(profile).name
     spec = AGENT_SPECS[profile]
     index = index or agent_book_index()
-    seed_everything(0)
-    base, tokenizer = chat_model(profile, progress, dropout=0.0)
-    model = extend_context(base, spec.max_len)
     conversations = agent_conversations(index, spec.n_per_task, variant, poisoned_share=spec.poisoned_share)
-    rendered = [r for r in (render(c, tokenizer) for c in conversations) if len(r.input_ids) <= spec.max_len]
-    loader = sft_loader(rendered, tokenizer.pad_id, spec.batch_size, seed=0)
-    config = TrainConfig(lr=spec.lr, max_steps=spec.max_steps, warmup_steps=spec.warmup_steps, log_every=10,
-                         seed=0, progress=progress)
-    trainer = Trainer(model, config, loader)
-    start = time.perf_counter()
-    trainer.train()
-    meta = {"variant": variant, "profile": profile, "spec": asdict(spec), "conversations": len(rendered),
-            "too_long": len(conversations) - len(rendered),
-            "train_seconds": round(time.perf_counter() - start, 1), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    run = fine_tune_long(conversations, LongSFTSpec(spec.max_len, spec.max_steps, spec.batch_size, spec.lr,
+                                                    spec.warmup_steps), profile, progress)
+    meta = {"variant": variant, "profile": profile, "spec": asdict(spec), **run.facts}
     target = agent_dir(variant, profile, root)
     with publish(target) as tmp:
-        write_model_files(tmp, model.cpu().eval(), meta, config=model.cfg.to_dict(), tokenizer=tokenizer,
-                          history=trainer.history)
+        write_model_files(tmp, run.model, meta, config=run.model.cfg.to_dict(), tokenizer=run.tokenizer,
+                          history=run.history)
     return target
 
 

@@ -1,14 +1,12 @@
 import json
 
 import pytest
-import torch
 
 from bigmodel_course.agent_training import (
     INJECTIONS,
     agent_conversations,
     book_answer,
     call_text,
-    extend_context,
     practice_registry,
 )
 from bigmodel_course.agents import (
@@ -31,7 +29,6 @@ from bigmodel_course.agents import (
     run_agent,
 )
 from bigmodel_course.tools import parse_call
-from bigmodel_course.transformer import GPT, GPTConfig
 
 pytestmark = pytest.mark.unit
 
@@ -146,20 +143,6 @@ def test_bad_task_and_step_bound_are_refused():
         run_agent(scripted("好"), "问题", agent_tools(), task="deploy")
     with pytest.raises(ValueError, match="max_steps"):
         run_agent(scripted("好"), "问题", agent_tools(), max_steps=0)
-
-
-def test_extend_context_keeps_the_model_on_its_old_positions():
-    torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=50, max_len=16, d_model=32, n_heads=2, n_layers=1, dropout=0.0, attn_dropout=0.0)
-    model = GPT(cfg).eval()
-    grown = extend_context(model, 40).eval()
-    x = torch.randint(0, 50, (2, 16))
-    assert torch.allclose(model(x).logits, grown(x).logits, atol=1e-6)
-    assert grown(torch.randint(0, 50, (1, 40))).logits.shape == (1, 40, 50)
-    pos = grown.transformer.embeddings.position.embedding.weight
-    assert torch.equal(pos[16:32], pos[:16]) and torch.equal(pos[32:40], pos[:8])
-    with pytest.raises(ValueError, match="shorter"):
-        extend_context(model, 8)
 
 
 class _FakeIndex:
