@@ -1,0 +1,350 @@
+"""Generative answers grounded in retrieved passages, measured on People's Daily.
+
+Questions are made from its sentences by cloze translation (Lewis et al. 2019): one named person, place or
+organisation is replaced by a question word, and the name is the answer. A reader (the course's GPT, context
+extended, fine-tuned) answers each question two ways: closed book, from what pre-training left in its weights
+(it was pre-trained on these very sentences), and open book, with a retrieved passage quoted in the prompt. The
+measures are exact match, refusals ("资料里没有提到。") and faithfulness: the share of the answer's character
+n-grams found in the passage it was shown.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from ..chat import reply
+from ..data.corpora import load_peoples_daily_tagged
+from ..data.instructions import SPLITS, split_of
+from ..long_context import LongSFTSpec, fine_tune_long
+from ..model_cache import load_or_train, publish, read_json, read_meta, write_model_files
+from ..pretrained import read_model_folder
+from ..tokenization import CharTokenizer
+from ..transformer import GPT, GPTConfig
+from ..utils import cache_dir, get_profile
+from .bm25 import BM25Index
+from .chunking import Chunk, chunk_documents
+from .corpus import PEOPLES_DAILY_SOURCE, Document
+
+WH = {"nr": "谁", "ns": "哪里", "nt": "哪个机构"}  # question word for a person, place, organisation
+WH_BEFORE_NOUN = {"nr": "哪位", "ns": "哪里的", "nt": "哪个机构的"}  # 安子文同志 → 哪位同志
+QUESTION_CHARS = (12, 40)  # length of the sentences turned into questions, inclusive
+MIN_OTHER_HAN = 8  # Chinese characters besides the name (drops table rows such as 昆明１．４－０．３)
+SENTENCE_ENDS = "。！？"
+LEADING_CLOSERS = "”’」』）)》"
+PASSAGE_CHARS = 120  # the chunk quoted in an open-book prompt
+NOT_IN_PASSAGE = "资料里没有提到。"
+SYSTEM = "你是问答助手。给了资料时，只根据资料回答；资料里没有答案时，回答“资料里没有提到。”"
+_HAN = re.compile(r"[\u4e00-\u9fff]")
+
+
+@dataclass(frozen=True)
+class ClozeQuestion:
+    """A question made from one sentence of People's Daily line `line`; `answer` is the name it asks for."""
+
+    qid: str
+    question: str
+    answer: str
+    kind: str
+    sentence: str
+    line: int
+    split: str
+
+
+def _sentences(tagged: Sequence[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
+    sentence: list[tuple[str, str]] = []
+    for word, tag in tagged:
+        sentence.append((word, tag))
+        if tag == "w" and word in SENTENCE_ENDS:
+            yield sentence
+            sentence = []
+    if sentence:
+        yield sentence
+
+
+def _names(sentence: Sequence[tuple[str, str]]) -> list[tuple[str, str, int]]:
+    """(name, tag, index of the word after it) for each run of words tagged nr / ns / nt."""
+    out, run, tag = [], "", None
+    for i, (word, t) in enumerate([*sentence, ("", "")]):
+        if t in WH and t == tag:
+            run += word
+            continue
+        if run:
+            out.append((run, tag, i))
+        run, tag = (word, t) if t in WH else ("", None)
+    return out
+
+
+def question_from(sentence: Sequence[tuple[str, str]]) -> tuple[str, str, str] | None:
+    """(question, answer, tag) for a tagged sentence naming exactly one person, place or organisation once, of
+    QUESTION_CHARS characters; None otherwise. Before a noun the question word takes the noun (哪位同志)."""
+    text = "".join(w for w, _ in sentence)
+    names = _names(sentence)
+    if len(names) != 1:
+        return None
+    name, tag, after = names[0]
+    body = text.lstrip(LEADING_CLOSERS)
+    if not QUESTION_CHARS[0] <= len(body) <= QUESTION_CHARS[1] or len(name) < 2 or body.count(name) != 1:
+        return None
+    if len(_HAN.findall(body)) - len(name) < MIN_OTHER_HAN:
+        return None
+    next_tag = sentence[after][1] if after < len(sentence) else ""
+    wh = WH_BEFORE_NOUN[tag] if next_tag.startswith("n") and next_tag not in WH else WH[tag]
+    return body.replace(name, wh).rstrip(SENTENCE_ENDS) + "？", name, tag
+
+
+@lru_cache(maxsize=1)
+def _all_questions() -> tuple[ClozeQuestion, ...]:
+    rng = random.Random("cloze-0")
+    out = []
+    for i, line in enumerate(load_peoples_daily_tagged()):
+        made = [(q, "".join(w for w, _ in s).lstrip(LEADING_CLOSERS)) for s in _sentences(line)
+                if (q := question_from(s)) is not None]
+        if made:  # one question per line, so no two questions share a passage
+            (question, answer, tag), sentence = rng.choice(made)
+            out.append(ClozeQuestion(f"pd-{i}", question, answer, tag, sentence, i, split_of(f"pd-{i}")))
+    return tuple(out)
+
+
+def cloze_questions(split: str) -> list[ClozeQuestion]:
+    """The questions of one split (train / val / test, by line: the split of the course's other People's Daily
+    tasks)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    return [q for q in _all_questions() if q.split == split]
+
+
+class PassageIndex:
+    """People's Daily lines cut into chunks of at most `max_chars` characters at sentence ends, searched by BM25."""
+
+    def __init__(self, max_chars: int = PASSAGE_CHARS) -> None:
+        lines = ["".join(w for w, _ in line) for line in load_peoples_daily_tagged()]
+        docs = [Document(f"pd-{i}", text[:20], text, PEOPLES_DAILY_SOURCE, "") for i, text in enumerate(lines)]
+        self.chunks: list[Chunk] = chunk_documents(docs, max_chars=max_chars, overlap=0)
+        self.bm25 = BM25Index.build(self.chunks)
+        self._by_doc: dict[str, list[Chunk]] = {}
+        for c in self.chunks:
+            self._by_doc.setdefault(c.doc_id, []).append(c)
+
+    def retrieve(self, question: str, k: int = 1) -> list[Chunk]:
+        """The `k` chunks that score highest for `question`."""
+        return [self.chunks[i] for i, _ in self.bm25.search(question, k=k)]
+
+    def gold(self, question: ClozeQuestion) -> Chunk:
+        """The chunk holding the sentence the question was made from."""
+        return next(c for c in self._by_doc[question.qid] if question.sentence in c.text)
+
+
+@lru_cache(maxsize=2)
+def passage_index(max_chars: int = PASSAGE_CHARS) -> PassageIndex:
+    """The People's Daily passage index (built once per process, in seconds)."""
+    return PassageIndex(max_chars)
+
+
+def open_book(question: str, passage: str) -> list[dict]:
+    """The prompt with a passage: quoted in 「」 before the question."""
+    user = f"资料：「{passage}」\n问题：{question}"
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def closed_book(question: str) -> list[dict]:
+    """The prompt without a passage."""
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"问题：{question}"}]
+
+
+def distractor(question: ClozeQuestion, index: PassageIndex, rng: random.Random) -> Chunk:
+    """A random chunk of another line that does not contain the answer."""
+    while True:
+        chunk = rng.choice(index.chunks)
+        if chunk.doc_id != question.qid and question.answer not in chunk.text:
+            return chunk
+
+
+def reader_conversations(questions: Sequence[ClozeQuestion], index: PassageIndex, distractor_share: float = 0.15,
+                         seed: int = 0) -> list[list[dict]]:
+    """Training conversations: each question closed book (answered with the name) and open book with the
+    retrieved passage (the name when the passage holds it, else NOT_IN_PASSAGE); a `distractor_share` of the
+    questions also with an unrelated passage (NOT_IN_PASSAGE)."""
+    rng = random.Random(f"reader-{seed}")
+    out = []
+    for q in questions:
+        out.append([*closed_book(q.question), {"role": "assistant", "content": q.answer}])
+        passage = index.retrieve(q.question)[0].text
+        target = q.answer if q.answer in passage else NOT_IN_PASSAGE
+        out.append([*open_book(q.question, passage), {"role": "assistant", "content": target}])
+        if rng.random() < distractor_share:
+            out.append([*open_book(q.question, distractor(q, index, rng).text),
+                        {"role": "assistant", "content": NOT_IN_PASSAGE}])
+    rng.shuffle(out)
+    return out
+
+
+@dataclass(frozen=True)
+class ReaderSpec:
+    """The reader's fine-tuning: questions used (None: all of the train split) and the optimizer."""
+
+    n_questions: int | None
+    max_len: int
+    max_steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    distractor_share: float = 0.15
+
+
+READER_SPECS = {
+    "ci": ReaderSpec(n_questions=40, max_len=256, max_steps=8, batch_size=8, lr=1e-3, warmup_steps=2),
+    "full": ReaderSpec(n_questions=None, max_len=256, max_steps=1500, batch_size=16, lr=1e-3, warmup_steps=50),
+}
+
+
+def reader_dir(profile: str, root: Path | None = None) -> Path:
+    """Cache folder of the profile's reader."""
+    return (root or cache_dir("reader")) / get_profile(profile).name
+
+
+def train_reader(profile: str = "full", root: Path | None = None, progress: bool = True) -> Path:
+    """Fine-tune the profile's reader on `reader_conversations` of the train split and publish it."""
+    profile = get_profile(profile).name
+    spec = READER_SPECS[profile]
+    questions = cloze_questions("train")[: spec.n_questions]
+    conversations = reader_conversations(questions, passage_index(), spec.distractor_share)
+    run = fine_tune_long(conversations, LongSFTSpec(spec.max_len, spec.max_steps, spec.batch_size, spec.lr,
+                                                    spec.warmup_steps), profile, progress)
+    meta = {"profile": profile, "spec": asdict(spec), "questions": len(questions), **run.facts}
+    target = reader_dir(profile, root)
+    with publish(target) as tmp:
+        write_model_files(tmp, run.model, meta, config=run.model.cfg.to_dict(), tokenizer=run.tokenizer,
+                          history=run.history)
+    return target
+
+
+@dataclass
+class Reader:
+    """A loaded reader: model, chat tokenizer, training history and run facts."""
+
+    model: GPT
+    tokenizer: CharTokenizer
+    history: list[dict]
+    meta: dict
+
+    def answer(self, messages: Sequence[dict], max_new_tokens: int = 16) -> str:
+        """The greedy reply to a prompt of `open_book` or `closed_book`."""
+        return reply(self.model, self.tokenizer, messages, max_new_tokens=max_new_tokens).text.strip()
+
+
+def load_reader(profile: str | None = None, root: Path | None = None, progress: bool = True) -> Reader:
+    """Load the profile's reader from the cache, training it first when missing or trained with another spec."""
+    profile = get_profile(profile).name
+    target = reader_dir(profile, root)
+    recorded = json.loads(json.dumps(asdict(READER_SPECS[profile])))
+
+    def read(folder: Path) -> Reader:
+        model, tokenizer, meta = read_model_folder(folder, GPTConfig, GPT)
+        return Reader(model, tokenizer, read_json(folder, "history.json"), meta)
+
+    return load_or_train(target, lambda: train_reader(profile, root, progress), read, what="RAG reader",
+                         stale=lambda folder: read_meta(folder).get("spec") != recorded)
+
+
+def faithfulness(answer: str, passages: Sequence[str], n: int = 2) -> float:
+    """Share of the answer's character n-grams (its characters when shorter than n) found in any passage."""
+    if not answer:
+        raise ValueError("faithfulness of an empty answer is undefined")
+    grams = [answer[i:i + n] for i in range(len(answer) - n + 1)] or list(answer)
+    return sum(any(g in p for p in passages) for g in grams) / len(grams)
+
+
+def align_answer(question: str, passage: str, context: int = 4) -> str | None:
+    """The rule that undoes the cloze: find up to `context` characters on each side of the question word in the
+    passage and return what lies between them (None when they are not found or enclose over 12 characters). The
+    的 of 哪里的 / 哪个机构的 was added by the question, so what follows it is what follows the name."""
+    for wh in sorted({*WH.values(), *WH_BEFORE_NOUN.values()}, key=len, reverse=True):
+        at = question.find(wh)
+        if at < 0:
+            continue
+        before, after = question[:at][-context:], question[at + len(wh):].rstrip("？")[:context]
+        start = passage.find(before) + len(before) if before else None
+        if before and start < len(before):
+            continue
+        end = passage.find(after, start or 0) if after else -1
+        if end < 0:
+            continue
+        if start is None:  # the name opens the sentence: back up to the previous punctuation
+            start = max(passage.rfind(p, 0, end) for p in "，。！？；：「“ ") + 1
+        if 0 < end - start <= 12:
+            return passage[start:end]
+    return None
+
+
+def majority_answers(questions: Sequence[ClozeQuestion]) -> dict[str, str]:
+    """The most frequent answer of each kind (nr / ns / nt): the closed-book baseline that knows no text."""
+    counts: dict[str, Counter] = {}
+    for q in questions:
+        counts.setdefault(q.kind, Counter())[q.answer] += 1
+    return {kind: c.most_common(1)[0][0] for kind, c in counts.items()}
+
+
+@dataclass(frozen=True)
+class ReaderRecord:
+    """One test question read four ways: closed book, with the retrieved passage, with the passage it came from
+    (oracle) and with an unrelated passage (distractor)."""
+
+    question: ClozeQuestion
+    retrieved: str
+    closed: str
+    open: str
+    oracle: str
+    distracted: str
+    distractor_passage: str
+
+    @property
+    def hit(self) -> bool:
+        """The retrieved passage holds the answer."""
+        return self.question.answer in self.retrieved
+
+
+def read_questions(reader: Reader, questions: Sequence[ClozeQuestion], index: PassageIndex,
+                   seed: int = 0) -> list[ReaderRecord]:
+    """Each question answered by the reader closed book, with the top retrieved chunk, the gold chunk and a
+    distractor chunk."""
+    rng = random.Random(f"reader-eval-{seed}")
+    out = []
+    for q in questions:
+        retrieved = index.retrieve(q.question)[0].text
+        other = distractor(q, index, rng).text
+        out.append(ReaderRecord(q, retrieved, reader.answer(closed_book(q.question)),
+                                reader.answer(open_book(q.question, retrieved)),
+                                reader.answer(open_book(q.question, index.gold(q).text)),
+                                reader.answer(open_book(q.question, other)), other))
+    return out
+
+
+def summarize(records: Sequence[ReaderRecord]) -> dict[str, float]:
+    """Exact match of each way of asking, refusals, and faithfulness of the open-book answers that are not refusals
+    (mean, and share fully found in the passage); with a distractor passage, the share refused and the share
+    answered with a name not in the passage."""
+    if not records:
+        raise ValueError("no records to summarize")
+    n = len(records)
+    answered = [r for r in records if r.open != NOT_IN_PASSAGE and r.open]
+    faith = [faithfulness(r.open, [r.retrieved]) for r in answered]
+    return {
+        "n": n,
+        "retrieval_hit": sum(r.hit for r in records) / n,
+        "closed_em": sum(r.closed == r.question.answer for r in records) / n,
+        "open_em": sum(r.open == r.question.answer for r in records) / n,
+        "oracle_em": sum(r.oracle == r.question.answer for r in records) / n,
+        "open_refused": sum(r.open == NOT_IN_PASSAGE for r in records) / n,
+        "open_faithfulness": sum(faith) / len(faith) if faith else float("nan"),
+        "open_fully_supported": sum(f == 1.0 for f in faith) / len(faith) if faith else float("nan"),
+        "distractor_refused": sum(r.distracted == NOT_IN_PASSAGE for r in records) / n,
+        "distractor_made_up": sum(r.distracted not in (NOT_IN_PASSAGE, "")
+                                  and r.distracted not in r.distractor_passage for r in records) / n,
+    }
