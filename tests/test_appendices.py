@@ -21,6 +21,7 @@ BIB = BOOK / "references.bib"
 BIB_KEYS = {
     "dettmers2022llmint8", "xiao2023smoothquant", "frantar2023gptq", "lin2024awq", "dettmers2023qlora",
     "yao2023react", "beltagy2020longformer", "wallace2024instruction", "greshake2023not",
+    "lewis2019unsupervised", "petroni2019language", "roberts2020much",
     "vaswani2017attention", "devlin2019bert", "radford2018improving", "radford2019language",
     "brown2020language", "lample2019cross", "conneau2020unsupervised", "dosovitskiy2021image",
     "he2016deep", "hinton2015distilling", "jacob2018quantization", "han2015learning",

@@ -10,7 +10,7 @@ from bigmodel_course.rag.reader import (
     cloze_questions,
     faithfulness,
     majority_answers,
-    question_from,
+    questions_from,
     reader_conversations,
     summarize,
 )
@@ -23,29 +23,29 @@ def _tagged(text: str) -> list[tuple[str, str]]:
     return [tuple(token.split("/")) for token in text.split()]
 
 
-def test_question_from_replaces_the_name_by_a_question_word():
+def test_questions_from_replace_one_name_by_a_question_word():
     sentence = _tagged("克鲁吉/nr 是/v 应/v 外经贸部/nt 的/u 邀请/vn 来华/v 访问/v 的/u 。/w")
-    assert question_from(sentence) is None  # two names: which one is asked is ambiguous
-    sentence = _tagged("克鲁吉/nr 是/v 应/v 中方/n 的/u 邀请/vn 来华/v 访问/v 的/u 。/w")
-    assert question_from(sentence) == ("谁是应中方的邀请来华访问的？", "克鲁吉", "nr")
+    assert questions_from(sentence) == [("谁是应外经贸部的邀请来华访问的？", "克鲁吉", "nr"),
+                                        ("克鲁吉是应哪个机构的邀请来华访问的？", "外经贸部", "nt")]
     # a surname and a given name are tagged apart; before a noun the question word takes it
     sentence = _tagged("重视/v 群众/n 是/v 安/nr 子文/nr 同志/n 的/u 一贯/b 思想/n 。/w")
-    assert question_from(sentence) == ("重视群众是哪位同志的一贯思想？", "安子文", "nr")
+    assert questions_from(sentence) == [("重视群众是哪位同志的一贯思想？", "安子文", "nr")]
     sentence = _tagged("墨西哥/ns 金融/n 危机/n 的/u 原因/n 在于/v 积累/vn 不/d 稳/a 。/w")
-    assert question_from(sentence) == ("哪里的金融危机的原因在于积累不稳？", "墨西哥", "ns")
+    assert questions_from(sentence) == [("哪里的金融危机的原因在于积累不稳？", "墨西哥", "ns")]
 
 
-def test_question_from_skips_table_rows_and_short_or_repeated_names():
-    assert question_from(_tagged("昆明/ns １．４/m －/w ０．３/m －/w ０．４/m")) is None
-    assert question_from(_tagged("京/ns 是/v 一个/m 很/d 大/a 很/d 大/a 的/u 城市/n 啊/y 。/w")) is None
-    assert question_from(_tagged("北京/ns 人/n 爱/v 北京/ns 的/u 秋天/t 和/c 冬天/t 。/w")) is None
+def test_questions_from_skip_table_rows_and_short_or_repeated_names():
+    assert questions_from(_tagged("昆明/ns １．４/m －/w ０．３/m －/w ０．４/m")) == []
+    assert questions_from(_tagged("京/ns 是/v 一个/m 很/d 大/a 很/d 大/a 的/u 城市/n 啊/y 。/w")) == []
+    assert questions_from(_tagged("北京/ns 人/n 爱/v 北京/ns 的/u 秋天/t 和/c 冬天/t 。/w")) == []
 
 
 def test_cloze_questions_split_by_line_and_are_well_formed():
     splits = {s: cloze_questions(s) for s in ("train", "val", "test")}
     lines = [{q.line for q in qs} for qs in splits.values()]
     assert not (lines[0] & lines[1] or lines[0] & lines[2] or lines[1] & lines[2])
-    assert len(splits["test"]) > 300 and len(splits["train"]) > 8 * len(splits["test"]) * 0.9
+    assert len(splits["test"]) > 300 and len(splits["train"]) > 8 * len(splits["test"])
+    assert len(lines[2]) == len(splits["test"])  # one question per test line: none shares a passage
     words = {*WH.values(), *WH_BEFORE_NOUN.values()}
     for q in splits["test"]:
         assert q.answer in q.sentence and q.answer not in q.question and q.question.endswith("？")
@@ -95,12 +95,12 @@ def test_reader_conversations_answer_only_from_a_passage_that_holds_the_answer()
     index = _Index({qs[0].question: "北京下了雪。", qs[1].question: "广州没有下雪。"})
     conversations = reader_conversations(qs, index, distractor_share=1.0)
     assert len(conversations) == 6
-    targets = {(c[1]["content"], c[-1]["content"]) for c in conversations}
+    targets = {(c[0]["content"], c[-1]["content"]) for c in conversations}
     assert (f"问题：{qs[0].question}", "北京") in targets  # closed book: the name
-    assert (f"资料：「北京下了雪。」\n问题：{qs[0].question}", "北京") in targets
-    assert (f"资料：「广州没有下雪。」\n问题：{qs[1].question}", NOT_IN_PASSAGE) in targets
+    assert (f"问题：{qs[0].question}\n资料：「北京下了雪。」", "北京") in targets
+    assert (f"问题：{qs[1].question}\n资料：「广州没有下雪。」", NOT_IN_PASSAGE) in targets
     distracted = [c for c in conversations if c[-1]["content"] == NOT_IN_PASSAGE]
-    assert len(distracted) == 3 and all(c[0]["role"] == "system" for c in conversations)
+    assert len(distracted) == 3
 
 
 def test_summarize_counts_each_way_of_asking():

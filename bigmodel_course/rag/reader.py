@@ -38,9 +38,7 @@ QUESTION_CHARS = (12, 40)  # length of the sentences turned into questions, incl
 MIN_OTHER_HAN = 8  # Chinese characters besides the name (drops table rows such as 昆明１．４－０．３)
 SENTENCE_ENDS = "。！？"
 LEADING_CLOSERS = "”’」』）)》"
-PASSAGE_CHARS = 120  # the chunk quoted in an open-book prompt
 NOT_IN_PASSAGE = "资料里没有提到。"
-SYSTEM = "你是问答助手。给了资料时，只根据资料回答；资料里没有答案时，回答“资料里没有提到。”"
 _HAN = re.compile(r"[\u4e00-\u9fff]")
 
 
@@ -81,34 +79,38 @@ def _names(sentence: Sequence[tuple[str, str]]) -> list[tuple[str, str, int]]:
     return out
 
 
-def question_from(sentence: Sequence[tuple[str, str]]) -> tuple[str, str, str] | None:
-    """(question, answer, tag) for a tagged sentence naming exactly one person, place or organisation once, of
-    QUESTION_CHARS characters; None otherwise. Before a noun the question word takes the noun (哪位同志)."""
+def questions_from(sentence: Sequence[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """(question, answer, tag) for each person, place or organisation named exactly once in a tagged sentence of
+    QUESTION_CHARS characters; the other names stay in the question. Before a noun the question word takes the
+    noun (哪位同志)."""
     text = "".join(w for w, _ in sentence)
-    names = _names(sentence)
-    if len(names) != 1:
-        return None
-    name, tag, after = names[0]
     body = text.lstrip(LEADING_CLOSERS)
-    if not QUESTION_CHARS[0] <= len(body) <= QUESTION_CHARS[1] or len(name) < 2 or body.count(name) != 1:
-        return None
-    if len(_HAN.findall(body)) - len(name) < MIN_OTHER_HAN:
-        return None
-    next_tag = sentence[after][1] if after < len(sentence) else ""
-    wh = WH_BEFORE_NOUN[tag] if next_tag.startswith("n") and next_tag not in WH else WH[tag]
-    return body.replace(name, wh).rstrip(SENTENCE_ENDS) + "？", name, tag
+    if not QUESTION_CHARS[0] <= len(body) <= QUESTION_CHARS[1]:
+        return []
+    out = []
+    for name, tag, after in _names(sentence):
+        if len(name) < 2 or body.count(name) != 1 or len(_HAN.findall(body)) - len(name) < MIN_OTHER_HAN:
+            continue
+        next_tag = sentence[after][1] if after < len(sentence) else ""
+        wh = WH_BEFORE_NOUN[tag] if next_tag.startswith("n") and next_tag not in WH else WH[tag]
+        out.append((body.replace(name, wh).rstrip(SENTENCE_ENDS) + "？", name, tag))
+    return out
 
 
 @lru_cache(maxsize=1)
 def _all_questions() -> tuple[ClozeQuestion, ...]:
+    """Every question of the train lines; one question drawn per val / test line, so no two share a passage."""
     rng = random.Random("cloze-0")
     out = []
     for i, line in enumerate(load_peoples_daily_tagged()):
+        split = split_of(f"pd-{i}")
         made = [(q, "".join(w for w, _ in s).lstrip(LEADING_CLOSERS)) for s in _sentences(line)
-                if (q := question_from(s)) is not None]
-        if made:  # one question per line, so no two questions share a passage
-            (question, answer, tag), sentence = rng.choice(made)
-            out.append(ClozeQuestion(f"pd-{i}", question, answer, tag, sentence, i, split_of(f"pd-{i}")))
+                for q in questions_from(s)]
+        if made and split != "train":
+            made = [rng.choice(made)]
+        for k, ((question, answer, tag), sentence) in enumerate(made):
+            out.append(ClozeQuestion(f"pd-{i}" + (f".{k}" if split == "train" else ""), question, answer, tag,
+                                     sentence, i, split))
     return tuple(out)
 
 
@@ -123,7 +125,7 @@ def cloze_questions(split: str) -> list[ClozeQuestion]:
 class PassageIndex:
     """People's Daily lines cut into chunks of at most `max_chars` characters at sentence ends, searched by BM25."""
 
-    def __init__(self, max_chars: int = PASSAGE_CHARS) -> None:
+    def __init__(self, max_chars: int) -> None:
         lines = ["".join(w for w, _ in line) for line in load_peoples_daily_tagged()]
         docs = [Document(f"pd-{i}", text[:20], text, PEOPLES_DAILY_SOURCE, "") for i, text in enumerate(lines)]
         self.chunks: list[Chunk] = chunk_documents(docs, max_chars=max_chars, overlap=0)
@@ -138,31 +140,31 @@ class PassageIndex:
 
     def gold(self, question: ClozeQuestion) -> Chunk:
         """The chunk holding the sentence the question was made from."""
-        return next(c for c in self._by_doc[question.qid] if question.sentence in c.text)
+        return next(c for c in self._by_doc[f"pd-{question.line}"] if question.sentence in c.text)
 
 
 @lru_cache(maxsize=2)
-def passage_index(max_chars: int = PASSAGE_CHARS) -> PassageIndex:
-    """The People's Daily passage index (built once per process, in seconds)."""
+def passage_index(max_chars: int) -> PassageIndex:
+    """The People's Daily passage index of `max_chars`-character chunks (built once per process, in seconds)."""
     return PassageIndex(max_chars)
 
 
 def open_book(question: str, passage: str) -> list[dict]:
-    """The prompt with a passage: quoted in 「」 before the question."""
-    user = f"资料：「{passage}」\n问题：{question}"
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+    """The prompt with a passage: the question first, then the passage quoted in 「」 (a causal model reads the
+    passage already knowing what is asked; no system prompt, so every token of the context goes to these two)."""
+    return [{"role": "user", "content": f"问题：{question}\n资料：「{passage}」"}]
 
 
 def closed_book(question: str) -> list[dict]:
     """The prompt without a passage."""
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"问题：{question}"}]
+    return [{"role": "user", "content": f"问题：{question}"}]
 
 
 def distractor(question: ClozeQuestion, index: PassageIndex, rng: random.Random) -> Chunk:
     """A random chunk of another line that does not contain the answer."""
     while True:
         chunk = rng.choice(index.chunks)
-        if chunk.doc_id != question.qid and question.answer not in chunk.text:
+        if chunk.doc_id != f"pd-{question.line}" and question.answer not in chunk.text:
             return chunk
 
 
@@ -187,9 +189,11 @@ def reader_conversations(questions: Sequence[ClozeQuestion], index: PassageIndex
 
 @dataclass(frozen=True)
 class ReaderSpec:
-    """The reader's fine-tuning: questions used (None: all of the train split) and the optimizer."""
+    """The reader's fine-tuning: questions used (None: all of the train split), the passage length, the context
+    and the optimizer."""
 
     n_questions: int | None
+    passage_chars: int
     max_len: int
     max_steps: int
     batch_size: int
@@ -199,8 +203,10 @@ class ReaderSpec:
 
 
 READER_SPECS = {
-    "ci": ReaderSpec(n_questions=40, max_len=256, max_steps=8, batch_size=8, lr=1e-3, warmup_steps=2),
-    "full": ReaderSpec(n_questions=None, max_len=256, max_steps=1500, batch_size=16, lr=1e-3, warmup_steps=50),
+    "ci": ReaderSpec(n_questions=40, passage_chars=60, max_len=128, max_steps=8, batch_size=8, lr=1e-3,
+                     warmup_steps=2),
+    "full": ReaderSpec(n_questions=None, passage_chars=60, max_len=128, max_steps=8000, batch_size=16, lr=1e-3,
+                       warmup_steps=50),
 }
 
 
@@ -214,7 +220,7 @@ def train_reader(profile: str = "full", root: Path | None = None, progress: bool
     profile = get_profile(profile).name
     spec = READER_SPECS[profile]
     questions = cloze_questions("train")[: spec.n_questions]
-    conversations = reader_conversations(questions, passage_index(), spec.distractor_share)
+    conversations = reader_conversations(questions, passage_index(spec.passage_chars), spec.distractor_share)
     run = fine_tune_long(conversations, LongSFTSpec(spec.max_len, spec.max_steps, spec.batch_size, spec.lr,
                                                     spec.warmup_steps), profile, progress)
     meta = {"profile": profile, "spec": asdict(spec), "questions": len(questions), **run.facts}
@@ -233,6 +239,11 @@ class Reader:
     tokenizer: CharTokenizer
     history: list[dict]
     meta: dict
+
+    @property
+    def index(self) -> PassageIndex:
+        """The passage index of the chunk length the reader was trained with."""
+        return passage_index(self.meta["spec"]["passage_chars"])
 
     def answer(self, messages: Sequence[dict], max_new_tokens: int = 16) -> str:
         """The greedy reply to a prompt of `open_book` or `closed_book`."""
