@@ -205,7 +205,7 @@ class ReaderSpec:
 READER_SPECS = {
     "ci": ReaderSpec(n_questions=40, passage_chars=60, max_len=128, max_steps=8, batch_size=8, lr=1e-3,
                      warmup_steps=2),
-    "full": ReaderSpec(n_questions=None, passage_chars=60, max_len=128, max_steps=8000, batch_size=16, lr=1e-3,
+    "full": ReaderSpec(n_questions=None, passage_chars=60, max_len=128, max_steps=3000, batch_size=16, lr=1e-3,
                        warmup_steps=50),
 }
 
