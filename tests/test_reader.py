@@ -111,5 +111,8 @@ def test_summarize_counts_each_way_of_asking():
     assert s["closed_em"] == 0.5 and s["open_em"] == 0.5 and s["oracle_em"] == 1.0
     assert s["open_faithfulness"] == 0.5 and s["open_fully_supported"] == 0.5
     assert s["distractor_refused"] == 0.5 and s["distractor_made_up"] == 0.5 and s["retrieval_hit"] == 1.0
+    assert records[0].open_faithfulness == 1.0 and records[1].open_faithfulness == 0.0
+    silent = ReaderRecord(q, "北京下了雪。", "", "", "", "", "广州")
+    assert silent.open_faithfulness is None and summarize([silent])["open_em"] == 0.0
     with pytest.raises(ValueError, match="no records"):
         summarize([])

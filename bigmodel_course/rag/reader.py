@@ -320,6 +320,11 @@ class ReaderRecord:
         """The retrieved passage holds the answer."""
         return self.question.answer in self.retrieved
 
+    @property
+    def open_faithfulness(self) -> float | None:
+        """`faithfulness` of the open-book answer to the retrieved passage; None when it refused or said nothing."""
+        return None if self.open in (NOT_IN_PASSAGE, "") else faithfulness(self.open, [self.retrieved])
+
 
 def read_questions(reader: Reader, questions: Sequence[ClozeQuestion], index: PassageIndex,
                    seed: int = 0) -> list[ReaderRecord]:
@@ -344,8 +349,7 @@ def summarize(records: Sequence[ReaderRecord]) -> dict[str, float]:
     if not records:
         raise ValueError("no records to summarize")
     n = len(records)
-    answered = [r for r in records if r.open != NOT_IN_PASSAGE and r.open]
-    faith = [faithfulness(r.open, [r.retrieved]) for r in answered]
+    faith = [f for r in records if (f := r.open_faithfulness) is not None]
     return {
         "n": n,
         "retrieval_hit": sum(r.hit for r in records) / n,
