@@ -23,11 +23,7 @@ from .agents import (ALL, NOT_CONFIRMED, NOT_FOUND, PROMOTE, QUOTE_OPEN, SEARCH,
                      agent_tools, clip, confirm_only, describe_versions, leaks, model_policy, quote_untrusted,
                      run_agent)
 from .data.instructions import arithmetic_examples, clause_texts
-from .model_cache import load_or_train, publish, read_json, read_meta, write_model_files
-from .long_context import LongSFTSpec, fine_tune_long
-from .pretrained import read_model_folder
-from .tokenization import CharTokenizer
-from .transformer import GPT, GPTConfig
+from .long_context import LongSFTSpec, TunedModel, fine_tune_long, load_tuned, publish_run
 from .utils import cache_dir, get_profile
 
 VARIANTS = ("naive", "hardened")
@@ -202,37 +198,20 @@ def train_agent(variant: str, profile: str = "full", index=None, root: Path | No
     conversations = agent_conversations(index, spec.n_per_task, variant, poisoned_share=spec.poisoned_share)
     run = fine_tune_long(conversations, LongSFTSpec(spec.max_len, spec.max_steps, spec.batch_size, spec.lr,
                                                     spec.warmup_steps), profile, progress)
-    meta = {"variant": variant, "profile": profile, "spec": asdict(spec), **run.facts}
-    target = agent_dir(variant, profile, root)
-    with publish(target) as tmp:
-        write_model_files(tmp, run.model, meta, config=run.model.cfg.to_dict(), tokenizer=run.tokenizer,
-                          history=run.history)
-    return target
+    return publish_run(run, {"variant": variant, "profile": profile, "spec": asdict(spec)},
+                       agent_dir(variant, profile, root))
 
 
-@dataclass
-class Agent:
+class Agent(TunedModel):
     """A loaded agent variant: model, chat tokenizer, training history and run facts."""
-
-    model: GPT
-    tokenizer: CharTokenizer
-    history: list[dict]
-    meta: dict
 
 
 def load_agent(variant: str = "hardened", profile: str | None = None, index=None, root: Path | None = None,
                progress: bool = True) -> Agent:
     """Load an agent variant from the cache, training it first when missing or trained with another spec."""
     profile = get_profile(profile).name
-    target = agent_dir(variant, profile, root)
-    recorded = json.loads(json.dumps(asdict(AGENT_SPECS[profile])))
-
-    def read(folder: Path) -> Agent:
-        model, tokenizer, meta = read_model_folder(folder, GPTConfig, GPT)
-        return Agent(model, tokenizer, read_json(folder, "history.json"), meta)
-
-    return load_or_train(target, lambda: train_agent(variant, profile, index, root, progress), read,
-                         what=f"{variant} agent", stale=lambda folder: read_meta(folder).get("spec") != recorded)
+    return load_tuned(agent_dir(variant, profile, root), lambda: train_agent(variant, profile, index, root, progress),
+                      AGENT_SPECS[profile], f"{variant} agent", Agent)
 
 
 def practice_registry(root: str | Path, versions: int = 3):

@@ -1,19 +1,25 @@
 """Fine-tuning the course's chat model at a longer context than it was pre-trained with: the learned positions
 are grown by copying (`extend_context`), then supervised fine-tuning on conversations that need the room
-(`fine_tune_long`). The agent model and the RAG reader are both made this way."""
+(`fine_tune_long`), published to and read back from the model cache (`publish_run`, `load_tuned`). The agent
+model and the RAG reader are both made this way."""
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TypeVar
 
 from .alignment import sft_loader
 from .chat import render
+from .model_cache import load_or_train, publish, read_json, read_meta, write_model_files
 from .post_training import chat_model
+from .pretrained import read_model_folder
 from .tokenization import CharTokenizer
 from .training import Trainer, TrainConfig
-from .transformer import GPT
+from .transformer import GPT, GPTConfig
 from .utils import get_profile, seed_everything
 
 
@@ -73,3 +79,36 @@ def fine_tune_long(conversations: Sequence[Sequence[dict]], spec: LongSFTSpec, p
     facts = {"conversations": len(rendered), "too_long": len(conversations) - len(rendered),
              "train_seconds": round(time.perf_counter() - start, 1), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return LongSFTRun(model.cpu().eval(), tokenizer, trainer.history, facts)
+
+
+def publish_run(run: LongSFTRun, meta: dict, target: Path) -> Path:
+    """Write a fine-tuned model, its tokenizer, history and `meta` (with the run facts) to the cache at `target`."""
+    with publish(target) as tmp:
+        write_model_files(tmp, run.model, {**meta, **run.facts}, config=run.model.cfg.to_dict(),
+                          tokenizer=run.tokenizer, history=run.history)
+    return target
+
+
+@dataclass
+class TunedModel:
+    """A fine-tuned chat model read from the cache: model, chat tokenizer, training history and run facts."""
+
+    model: GPT
+    tokenizer: CharTokenizer
+    history: list[dict]
+    meta: dict
+
+
+T = TypeVar("T", bound=TunedModel)
+
+
+def load_tuned(target: Path, train: Callable[[], object], spec, what: str, kind: type[T]) -> T:
+    """The model cached at `target` as a `kind`, trained first by `train()` when it is missing or its recorded
+    spec differs from `spec` (a dataclass)."""
+    recorded = json.loads(json.dumps(asdict(spec)))
+
+    def read(folder: Path) -> T:
+        model, tokenizer, meta = read_model_folder(folder, GPTConfig, GPT)
+        return kind(model, tokenizer, read_json(folder, "history.json"), meta)
+
+    return load_or_train(target, train, read, what=what, stale=lambda folder: read_meta(folder).get("spec") != recorded)

@@ -1,16 +1,15 @@
 """Generative answers grounded in retrieved passages, measured on People's Daily.
 
 Questions are made from its sentences by cloze translation (Lewis et al. 2019): one named person, place or
-organisation is replaced by a question word, and the name is the answer. A reader (the course's GPT, context
-extended, fine-tuned) answers each question two ways: closed book, from what pre-training left in its weights
-(it was pre-trained on these very sentences), and open book, with a retrieved passage quoted in the prompt. The
+organisation is replaced by a question word, and the name is the answer. A reader (the course's GPT fine-tuned
+inside its pre-trained context) answers each question two ways: closed book, from what pre-training left in its
+weights (it was pre-trained on these very sentences), and open book, with a retrieved passage quoted in the prompt. The
 measures are exact match, refusals ("资料里没有提到。") and faithfulness: the share of the answer's character
 n-grams found in the passage it was shown.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections import Counter
@@ -22,11 +21,7 @@ from pathlib import Path
 from ..chat import reply
 from ..data.corpora import load_peoples_daily_tagged
 from ..data.instructions import SPLITS, split_of
-from ..long_context import LongSFTSpec, fine_tune_long
-from ..model_cache import load_or_train, publish, read_json, read_meta, write_model_files
-from ..pretrained import read_model_folder
-from ..tokenization import CharTokenizer
-from ..transformer import GPT, GPTConfig
+from ..long_context import LongSFTSpec, TunedModel, fine_tune_long, load_tuned, publish_run
 from ..utils import cache_dir, get_profile
 from .bm25 import BM25Index
 from .chunking import Chunk, chunk_documents
@@ -223,22 +218,12 @@ def train_reader(profile: str = "full", root: Path | None = None, progress: bool
     conversations = reader_conversations(questions, passage_index(spec.passage_chars), spec.distractor_share)
     run = fine_tune_long(conversations, LongSFTSpec(spec.max_len, spec.max_steps, spec.batch_size, spec.lr,
                                                     spec.warmup_steps), profile, progress)
-    meta = {"profile": profile, "spec": asdict(spec), "questions": len(questions), **run.facts}
-    target = reader_dir(profile, root)
-    with publish(target) as tmp:
-        write_model_files(tmp, run.model, meta, config=run.model.cfg.to_dict(), tokenizer=run.tokenizer,
-                          history=run.history)
-    return target
+    return publish_run(run, {"profile": profile, "spec": asdict(spec), "questions": len(questions)},
+                       reader_dir(profile, root))
 
 
-@dataclass
-class Reader:
+class Reader(TunedModel):
     """A loaded reader: model, chat tokenizer, training history and run facts."""
-
-    model: GPT
-    tokenizer: CharTokenizer
-    history: list[dict]
-    meta: dict
 
     @property
     def index(self) -> PassageIndex:
@@ -253,15 +238,8 @@ class Reader:
 def load_reader(profile: str | None = None, root: Path | None = None, progress: bool = True) -> Reader:
     """Load the profile's reader from the cache, training it first when missing or trained with another spec."""
     profile = get_profile(profile).name
-    target = reader_dir(profile, root)
-    recorded = json.loads(json.dumps(asdict(READER_SPECS[profile])))
-
-    def read(folder: Path) -> Reader:
-        model, tokenizer, meta = read_model_folder(folder, GPTConfig, GPT)
-        return Reader(model, tokenizer, read_json(folder, "history.json"), meta)
-
-    return load_or_train(target, lambda: train_reader(profile, root, progress), read, what="RAG reader",
-                         stale=lambda folder: read_meta(folder).get("spec") != recorded)
+    return load_tuned(reader_dir(profile, root), lambda: train_reader(profile, root, progress), READER_SPECS[profile],
+                      "RAG reader", Reader)
 
 
 def faithfulness(answer: str, passages: Sequence[str], n: int = 2) -> float:
