@@ -2,10 +2,10 @@
 
 Questions are made from its sentences by cloze translation (Lewis et al. 2019): one named person, place or
 organisation is replaced by a question word, and the name is the answer. A reader (the course's GPT fine-tuned
-inside its pre-trained context) answers each question two ways: closed book, from what pre-training left in its
-weights (it was pre-trained on these very sentences), and open book, with a retrieved passage quoted in the prompt. The
-measures are exact match, refusals ("资料里没有提到。") and faithfulness: the share of the answer's character
-n-grams found in the passage it was shown.
+inside its pre-trained context) answers each question two ways: closed book, from what its weights hold (its
+pre-training read only reviews; fine-tuning saw the train questions), and open book, with a retrieved passage quoted
+in the prompt. The measures are exact match, refusals ("资料里没有提到。") and faithfulness: the share of the
+answer's character n-grams found in the passage it was shown.
 """
 
 from __future__ import annotations
