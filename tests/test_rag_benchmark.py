@@ -7,6 +7,7 @@ from bigmodel_course.rag.benchmark import (
     RefusalScores,
     Setting,
     bm25_settings,
+    bootstrap_mean,
     choose,
     choose_threshold,
     dense_settings,
@@ -151,6 +152,15 @@ def test_paired_bootstrap_and_counts():
         paired_bootstrap(a, b, n_boot=0)
     with pytest.raises(ValueError, match="shapes"):
         paired_counts(a, b[:2])
+
+
+def test_bootstrap_mean_is_the_paired_bootstrap_against_zero():
+    a = np.array([1, 1, 0, 1, 0, 1.0])
+    mean, lo, hi = bootstrap_mean(a, n_boot=2000, seed=0)
+    assert mean == pytest.approx(4 / 6) and 0 <= lo < mean < hi <= 1
+    assert (mean, lo, hi) == paired_bootstrap(a, np.zeros(6), n_boot=2000, seed=0)
+    with pytest.raises(ValueError, match="non-empty"):
+        bootstrap_mean([])
 
 
 def test_refusal_outcome_and_threshold_by_hand():

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -150,16 +150,23 @@ def clause_texts() -> tuple[str, ...]:
     return tuple("".join(w for w, _ in clause) for _, clause in _clauses())
 
 
-def _names(clause: Sequence[tuple[str, str]], tag: str) -> list[str]:
-    """Words tagged `tag` in order, adjacent ones joined (a surname and given name are tagged separately)."""
-    names, run = [], ""
-    for word, t in [*clause, ("", "")]:
-        if t == tag:
+def name_runs(words: Sequence[tuple[str, str]], tags: Collection[str]) -> list[tuple[str, str, int]]:
+    """(name, tag, index of the word after it) for each run of adjacent words with the same tag in `tags`, joined
+    (a surname and given name are tagged separately), in order."""
+    out, run, tag = [], "", None
+    for i, (word, t) in enumerate([*words, ("", "")]):
+        if t in tags and t == tag:
             run += word
-        elif run:
-            names.append(run)
-            run = ""
-    return list(dict.fromkeys(names))
+            continue
+        if run:
+            out.append((run, tag, i))
+        run, tag = (word, t) if t in tags else ("", None)
+    return out
+
+
+def _names(clause: Sequence[tuple[str, str]], tag: str) -> list[str]:
+    """The distinct names tagged `tag` in order (`name_runs`)."""
+    return list(dict.fromkeys(name for name, _, _ in name_runs(clause, (tag,))))
 
 
 def segment_examples(split: str, rng: random.Random, n: int) -> list[Example]:

@@ -165,22 +165,30 @@ def run_benchmark(docs: Sequence[Document], dev: Sequence[Question], test: Seque
 
 # --- noise ------------------------------------------------------------------------------------------------------
 
+def bootstrap_mean(values: Sequence[float], n_boot: int = 10_000, seed: int = 0,
+                   level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of per-question scores and its percentile bootstrap interval (questions resampled)."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError(f"need a non-empty 1-D array, got shape {values.shape}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive int, got {n_boot!r}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
+    tail = (1.0 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(values.mean()), float(lo), float(hi)
+
+
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_boot: int = 10_000, seed: int = 0,
                      level: float = 0.95) -> tuple[float, float, float]:
     """Mean of a - b over paired per-question scores and its percentile bootstrap interval (questions resampled)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
         raise ValueError(f"need two non-empty 1-D arrays of the same length, got shapes {a.shape} and {b.shape}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive int, got {n_boot!r}")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
-    diff = a - b
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
-    tail = (1.0 - level) / 2 * 100
-    lo, hi = np.percentile(means, [tail, 100 - tail])
-    return float(diff.mean()), float(lo), float(hi)
+    return bootstrap_mean(a - b, n_boot, seed, level)
 
 
 def paired_counts(a: Sequence[float], b: Sequence[float]) -> dict[str, int]:

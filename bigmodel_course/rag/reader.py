@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..chat import reply
 from ..data.corpora import load_peoples_daily_tagged
-from ..data.instructions import SPLITS, split_of
+from ..data.instructions import SPLITS, name_runs, split_of
 from ..long_context import LongSFTSpec, TunedModel, fine_tune_long, load_tuned, publish_run
 from ..utils import cache_dir, get_profile
 from .bm25 import BM25Index
@@ -61,19 +61,6 @@ def _sentences(tagged: Sequence[tuple[str, str]]) -> Iterator[list[tuple[str, st
         yield sentence
 
 
-def _names(sentence: Sequence[tuple[str, str]]) -> list[tuple[str, str, int]]:
-    """(name, tag, index of the word after it) for each run of words tagged nr / ns / nt."""
-    out, run, tag = [], "", None
-    for i, (word, t) in enumerate([*sentence, ("", "")]):
-        if t in WH and t == tag:
-            run += word
-            continue
-        if run:
-            out.append((run, tag, i))
-        run, tag = (word, t) if t in WH else ("", None)
-    return out
-
-
 def questions_from(sentence: Sequence[tuple[str, str]]) -> list[tuple[str, str, str]]:
     """(question, answer, tag) for each person, place or organisation named exactly once in a tagged sentence of
     QUESTION_CHARS characters; the other names stay in the question. Before a noun the question word takes the
@@ -83,7 +70,7 @@ def questions_from(sentence: Sequence[tuple[str, str]]) -> list[tuple[str, str, 
     if not QUESTION_CHARS[0] <= len(body) <= QUESTION_CHARS[1]:
         return []
     out = []
-    for name, tag, after in _names(sentence):
+    for name, tag, after in name_runs(sentence, WH):
         if len(name) < 2 or body.count(name) != 1 or len(_HAN.findall(body)) - len(name) < MIN_OTHER_HAN:
             continue
         next_tag = sentence[after][1] if after < len(sentence) else ""
