@@ -63,9 +63,13 @@ def default_root() -> Path:
     return Path(bigmodel_course.__file__).resolve().parents[1]
 
 
+_SECTION_NUMBER = re.compile(r"^(?:第\d+章|\d+(?:\.\d+)+)\s+")
+
+
 def heading_slug(heading: str) -> str:
-    """A readable key for a heading: lower case, letters/digits (any script) kept, runs of others -> '-'."""
-    text = unicodedata.normalize("NFKC", heading).lower()
+    """A readable key for a heading: its section number ("1.6.2 ", "第3章 ") dropped, so renumbering keeps the
+    key; lower case, letters/digits (any script) kept, runs of others -> '-'."""
+    text = unicodedata.normalize("NFKC", _SECTION_NUMBER.sub("", heading)).lower()
     return re.sub(r"[^\w]+", "-", text).strip("-_")
 
 
