@@ -39,7 +39,8 @@ DISCOURAGED = [
     ("token", re.compile(r"(?<![\w-])tokens?(?![\w-])", re.IGNORECASE), "词元（tokens/s → 词元/秒）"),
     ("epoch", re.compile(r"(?<![\w-])epochs?(?![\w-])", re.IGNORECASE), "轮"),
     ("padding", re.compile(r"(?<![\w-])padding(?![\w-])", re.IGNORECASE), "填充"),
-    ("n 元组", re.compile(rf"(?:\d+|[A-Za-z]|{MATH_MARK})\s*元组"), "n 元语法（Python 的元组不算）"),
+    ("n 元组", re.compile(rf"(?:\d+|[A-Za-z一二三四五六七八九十]|{MATH_MARK})\s*元组"),
+     "n 元语法（元组指 tuple 时不算）"),
     ("ASCII quotes", re.compile(rf'"[^"\n]*[{CJK}][^"\n]*"'), "“ ”"),
 ]
 
@@ -149,9 +150,10 @@ def test_the_glossary_lists_every_preferred_term():
 
 
 def test_the_checker_sees_what_it_should():
-    bad = 'Each token 一个 tokens/s，训练 3 个 epoch，padding 掉；字符 3 元组，$k$ 元组；他说"你好"。'
+    bad = 'Each token 一个 tokens/s，训练 3 个 epoch，padding 掉；字符 3 元组，$k$ 元组，字二元组；他说"你好"。'
     assert [name for _, name, _ in violations(bad)] == [
-        "token", "token", "epoch", "padding", "n 元组", "n 元组", "ASCII quotes"]
+        "token", "token", "epoch", "padding", "n 元组", "n 元组", "n 元组", "ASCII quotes"]
+    assert violations("神经网络由多个神经元组成。") == []
     good = ("词元（token）、填充掩码（padding mask）、**轮**（epoch），`max_tokens` 与 $\\text{token}$，"
             "{ref}`padding <ch01-masks>`，[词元](https://example.org/token)，<https://x.org/epoch>，"
             "TTFT（time to first token），返回一个 `(a, b)` 元组，“引号”，`\"字符串\"`。\n\n"
