@@ -1,4 +1,4 @@
-"""The book's figure style: one CJK font, one palette, attention heatmaps, confusion matrices and tables."""
+"""The book's figure style: one CJK font, one palette, attention heatmaps, confusion matrices, image mosaics, tables."""
 
 from __future__ import annotations
 
@@ -117,6 +117,30 @@ def plot_confusion_matrix(cm, labels: list[str], ax: plt.Axes | None = None, tit
     if title:
         ax.set_title(title)
     return ax
+
+
+def image_mosaic(images, per_row: int, gap: int = 1) -> np.ndarray:
+    """(N, H, W) images laid out `per_row` to a row with `gap` NaN pixels between them (NaN draws as background
+    with `mosaic_cmap`); the last row is padded with NaN."""
+    x = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images, dtype=float)
+    if x.ndim != 3 or len(x) == 0:
+        raise ValueError(f"images must be a non-empty (N, H, W) array, got shape {x.shape}")
+    if not isinstance(per_row, int) or per_row <= 0:
+        raise ValueError(f"per_row must be a positive int, got {per_row!r}")
+    n, h, w = x.shape
+    rows = -(-n // per_row)
+    out = np.full((rows * (h + gap) - gap, per_row * (w + gap) - gap), np.nan)
+    for i, img in enumerate(x):
+        r, c = divmod(i, per_row)
+        out[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = img
+    return out
+
+
+def mosaic_cmap(name: str = "gray_r") -> matplotlib.colors.Colormap:
+    """A copy of colormap `name` that draws NaN (gaps, hidden pixels) as white."""
+    cmap = plt.get_cmap(name).copy()
+    cmap.set_bad("white")
+    return cmap
 
 
 class Table:
