@@ -37,6 +37,15 @@ BIB_KEYS = {
     "yu2022orca", "kwon2023efficient", "shazeer2019fast", "ainslie2023gqa", "deepseekai2024deepseekv2",
     "lewis2020retrieval", "robertson2009probabilistic", "karpukhin2020dense", "lee2019latent",
     "cormack2009reciprocal", "johnson2021billion", "malkov2020efficient", "nogueira2019passage",
+    # ed-ch67: Chapter 6/7 as of 2026
+    "openai2023deprecations", "grattafiori2024llama3", "qwen2024qwen25", "yang2025qwen3",
+    "deepseekai2024deepseekv3", "deepseekai2025deepseekr1", "glm2024chatglm", "openai2025gptoss",
+    "openai2024o1", "lambert2024tulu3", "shao2024deepseekmath", "ethayarajh2024kto", "leviathan2023fast",
+    "chen2023accelerating", "shazeer2017outrageously", "fedus2022switch", "jiang2024mixtral", "peng2024yarn",
+    "liu2024lost", "meta2024llama3license", "osi2024osaid", "zhai2023sigmoid", "liu2023visual",
+    "bai2023qwenvl", "wang2024qwen2vl", "yang2022chinese", "abramson2024accurate", "jumper2021highly",
+    "lin2023evolutionary", "zhai2024actions", "rajput2023recommender", "kerbl2023gaussian",
+    "cac2023genai", "cac2025labeling", "eu2024aiact",
 }
 
 PIN = re.compile(r"`([A-Za-z0-9][A-Za-z0-9._-]*)==([^`\s]+)`")
