@@ -297,18 +297,25 @@ def hidden_error(repaired, original, keep) -> dict[str, float]:
 
 
 @torch.no_grad()
-def digit_scores(classifier: nn.Module, images, requested, mean: float, std: float,
-                 batch_size: int = 256) -> dict[str, float]:
-    """How a digit classifier sees images: fraction classified as the requested digit, mean probability it gives
-    the requested digit, and mean top-class confidence. The classifier takes pixel_values (B, 1, 8, 8) normalised."""
+def digit_probabilities(classifier: nn.Module, images, mean: float, std: float, batch_size: int = 256) -> Tensor:
+    """Class probabilities (N, 10) a digit classifier gives raw 0..16 images; it takes pixel_values (B, 1, 8, 8)
+    normalised with the training mean and std."""
     x = _images(images)
-    y = _labels(requested, len(x), "requested")
     classifier.eval()
     probs = []
     for start in range(0, len(x), batch_size):
         pv = normalise_digits(x[start:start + batch_size, None], mean, std)
         probs.append(torch.softmax(classifier(pixel_values=pv).logits.float(), -1))
-    p = torch.cat(probs)
+    return torch.cat(probs)
+
+
+def digit_scores(classifier: nn.Module, images, requested, mean: float, std: float,
+                 batch_size: int = 256) -> dict[str, float]:
+    """How a digit classifier sees images: fraction classified as the requested digit, mean probability it gives
+    the requested digit, and mean top-class confidence."""
+    x = _images(images)
+    y = _labels(requested, len(x), "requested")
+    p = digit_probabilities(classifier, x, mean, std, batch_size)
     return {"accuracy": float((p.argmax(1) == y).float().mean()),
             "p_requested": float(p[torch.arange(len(y)), y].mean()),
             "confidence": float(p.max(1).values.mean())}

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bigmodel_course.data import digits_splits
-from bigmodel_course.generative import (CVAEConfig, ConditionalVAE, damage_mask, digit_scores, evaluate_vae,
-                                        grid_labels, hidden_error, inpaint, mean_fill, mean_pairwise_distance,
-                                        sample_images, train_cvae, vae_loss)
+from bigmodel_course.generative import (CVAEConfig, ConditionalVAE, damage_mask, digit_probabilities, digit_scores,
+                                        evaluate_vae, grid_labels, hidden_error, inpaint, mean_fill,
+                                        mean_pairwise_distance, sample_images, train_cvae, vae_loss)
 from bigmodel_course.transformer import ModelOutput
 
 
@@ -163,6 +163,8 @@ def test_digit_scores_against_hand_computed_values():
     assert scores["confidence"] == pytest.approx((0.7 + 0.6) / 2, abs=1e-6)
     with pytest.raises(ValueError, match="requested must be"):
         digit_scores(_Fixed(logits), np.zeros((2, 8, 8)), [0], mean=0.0, std=1.0)
+    probs = digit_probabilities(_Fixed(logits), np.zeros((2, 8, 8)), mean=1.0, std=2.0)
+    assert probs.argmax(1).tolist() == [0, 1] and probs.sum(1).tolist() == pytest.approx([1.0, 1.0])
 
 
 def test_mean_pairwise_distance():
