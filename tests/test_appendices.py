@@ -19,6 +19,7 @@ BIB = BOOK / "references.bib"
 
 # The keys the chapters may cite (the list the book's authors agreed on); the .bib holds exactly these.
 BIB_KEYS = {
+    "sohl2015deep", "ho2020denoising", "nichol2021improved", "ho2022classifier", "lugmayr2022repaint",
     "dettmers2022llmint8", "xiao2023smoothquant", "frantar2023gptq", "lin2024awq", "dettmers2023qlora",
     "yao2023react", "beltagy2020longformer", "wallace2024instruction", "greshake2023not",
     "lewis2019unsupervised", "petroni2019language", "roberts2020much",
