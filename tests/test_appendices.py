@@ -37,6 +37,9 @@ BIB_KEYS = {
     "yu2022orca", "kwon2023efficient", "shazeer2019fast", "ainslie2023gqa", "deepseekai2024deepseekv2",
     "lewis2020retrieval", "robertson2009probabilistic", "karpukhin2020dense", "lee2019latent",
     "cormack2009reciprocal", "johnson2021billion", "malkov2020efficient", "nogueira2019passage",
+    # ed-early
+    "xiong2020layer", "lecun1998gradient", "krizhevsky2012imagenet", "lan2020albert", "bahdanau2015neural",
+    "mikolov2013distributed", "hochreiter1997long", "touvron2023llama",
 }
 
 PIN = re.compile(r"`([A-Za-z0-9][A-Za-z0-9._-]*)==([^`\s]+)`")
