@@ -39,7 +39,7 @@ BIB_KEYS = {
     "cormack2009reciprocal", "johnson2021billion", "malkov2020efficient", "nogueira2019passage",
     # ed-early
     "xiong2020layer", "lecun1998gradient", "krizhevsky2012imagenet", "lan2020albert", "bahdanau2015neural",
-    "mikolov2013distributed", "hochreiter1997long", "touvron2023llama",
+    "mikolov2013distributed", "hochreiter1997long", "touvron2023llama", "ho2020denoising", "rombach2022high",
 }
 
 PIN = re.compile(r"`([A-Za-z0-9][A-Za-z0-9._-]*)==([^`\s]+)`")
