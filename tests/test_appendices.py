@@ -40,6 +40,7 @@ BIB_KEYS = {
     # ed-early
     "xiong2020layer", "lecun1998gradient", "krizhevsky2012imagenet", "lan2020albert", "bahdanau2015neural",
     "mikolov2013distributed", "hochreiter1997long", "touvron2023llama", "ho2020denoising", "rombach2022high",
+    "touvron2023llama2",
 }
 
 PIN = re.compile(r"`([A-Za-z0-9][A-Za-z0-9._-]*)==([^`\s]+)`")
