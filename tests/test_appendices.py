@@ -47,6 +47,10 @@ BIB_KEYS = {
     "bai2023qwenvl", "wang2024qwen2vl", "yang2022chinese", "abramson2024accurate", "jumper2021highly",
     "lin2023evolutionary", "zhai2024actions", "rajput2023recommender", "kerbl2023gaussian",
     "cac2023genai", "cac2025labeling", "eu2024aiact",
+    # ed-early
+    "xiong2020layer", "lecun1998gradient", "krizhevsky2012imagenet", "lan2020albert", "bahdanau2015neural",
+    "mikolov2013distributed", "hochreiter1997long", "touvron2023llama", "rombach2022high",
+    "touvron2023llama2",
 }
 
 PIN = re.compile(r"`([A-Za-z0-9][A-Za-z0-9._-]*)==([^`\s]+)`")
