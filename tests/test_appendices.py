@@ -37,6 +37,7 @@ BIB_KEYS = {
     "yu2022orca", "kwon2023efficient", "shazeer2019fast", "ainslie2023gqa", "deepseekai2024deepseekv2",
     "lewis2020retrieval", "robertson2009probabilistic", "karpukhin2020dense", "lee2019latent",
     "cormack2009reciprocal", "johnson2021billion", "malkov2020efficient", "nogueira2019passage",
+    "rajbhandari2020zero", "chowdhery2023palm",
 }
 
 PIN = re.compile(r"`([A-Za-z0-9][A-Za-z0-9._-]*)==([^`\s]+)`")
