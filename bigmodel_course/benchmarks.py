@@ -118,6 +118,9 @@ class CompressionRow:
     ms_batch1: float
     ms_batch32: float
     accuracy: float
+    # interquartile range of the per-round speedup over the first (reference) model: (q25, q75), batch 1 and 32
+    speedup1_iqr: tuple[float, float] | None = None
+    speedup32_iqr: tuple[float, float] | None = None
 
 
 def latency_batches(tokenizer, texts: list[str], max_len: int, batch_size: int = 32, seed: int = 0) -> dict[str, dict]:
@@ -139,9 +142,14 @@ def latency_batches(tokenizer, texts: list[str], max_len: int, batch_size: int =
 
 
 def bench_compression(profile: str | None = None, rounds: int = 30, progress: bool = False,
-                      sparsity: float = 0.5, ffn_keep: float = 0.5) -> list[CompressionRow]:
+                      sparsity: float | None = None, ffn_keep: float = 0.5) -> list[CompressionRow]:
     """The fine-tuned sentiment classifier (teacher) and its compressed variants, measured in one run on the CPU:
-    size of the saved safetensors file, median latency at batch 1 and 32 (interleaved), fixed-test-split accuracy."""
+    size of the saved safetensors file, median latency at batch 1 and 32 (interleaved), the interquartile range of
+    the per-round speedup over the teacher, fixed-test-split accuracy.
+
+    sparsity None (default): the magnitude-pruned variant zeroes as many parameters as the FFN-neuron pruning
+    removes, so the two kinds of pruning are compared at an equal share of the model's parameters.
+    """
     import tempfile
     from pathlib import Path
 
@@ -150,8 +158,10 @@ def bench_compression(profile: str | None = None, rounds: int = 30, progress: bo
         classifier_accuracy,
         file_size_mb,
         load_student,
+        magnitude_amount_for_share,
         magnitude_prune,
         prune_ffn_neurons,
+        pruned_share,
         quantize_int8,
         save_weights,
     )
@@ -164,10 +174,14 @@ def bench_compression(profile: str | None = None, rounds: int = 30, progress: bo
     model, tokenizer, max_len = teacher.model.cpu().eval(), teacher.tokenizer, teacher.model.cfg.max_len
     students = {kind: load_student(kind, teacher, profile, progress=progress).model
                 for kind in ("distilled", "control")}
+    ffn_pruned = prune_ffn_neurons(model, ffn_keep)
+    ffn_share = pruned_share(model, ffn_pruned)
+    amount = magnitude_amount_for_share(model, ffn_share) if sparsity is None else sparsity
+    magnitude = magnitude_prune(model, amount)
     variants = {
         "teacher fp32": model,
-        f"magnitude pruned {sparsity:.0%}": magnitude_prune(model, sparsity),
-        f"FFN neurons pruned {1 - ffn_keep:.0%}": prune_ffn_neurons(model, ffn_keep),
+        f"magnitude pruned {pruned_share(model, magnitude):.1%} params": magnitude,
+        f"FFN neurons pruned {1 - ffn_keep:.0%} ({ffn_share:.1%} params)": ffn_pruned,
         "int8 Linear only": quantize_int8(model, embeddings=False),
         "int8 Linear + embeddings": quantize_int8(model),
         "distilled student": students["distilled"],
@@ -179,24 +193,33 @@ def bench_compression(profile: str | None = None, rounds: int = 30, progress: bo
     inputs = latency_batches(tokenizer, test_texts, max_len)
     fns = {(name, b): (lambda m=m, x=x: m(**x)) for name, m in variants.items() for b, x in inputs.items()}
     with torch.no_grad():
-        medians = time_interleaved(fns, torch.device("cpu"), rounds)
+        samples = time_interleaved_samples(fns, torch.device("cpu"), rounds)
+    medians = {key: statistics.median(ts) for key, ts in samples.items()}
+    ref = next(iter(variants))
+
+    def speedup_iqr(name: str, batch: str) -> tuple[float, float]:
+        """Quartiles of the teacher's time over this model's time, round by round (both timed in the same round)."""
+        ratios = [a / b for a, b in zip(samples[(ref, batch)], samples[(name, batch)])]
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        return (q[0], q[2])
+
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, m) in enumerate(variants.items()):
             size = file_size_mb(save_weights(m, Path(tmp) / f"{i}.safetensors"))
             acc = classifier_accuracy(m, tokenizer, test_texts, test_labels, max_len)
             rows.append(CompressionRow(name, size, 1e3 * medians[(name, "batch1")], 1e3 * medians[(name, "batch32")],
-                                       acc))
+                                       acc, speedup_iqr(name, "batch1"), speedup_iqr(name, "batch32")))
     return rows
 
 
 def format_compression(rows: list[CompressionRow]) -> str:
     """A plain-text table of compression rows with ratios against the first row (the float model)."""
     ref = rows[0]
-    lines = [f"{'model':<28}{'MB':>7}{'smaller':>9}{'ms b1':>9}{'faster':>8}{'ms b32':>9}{'faster':>8}"
+    lines = [f"{'model':<40}{'MB':>7}{'smaller':>9}{'ms b1':>9}{'faster':>8}{'ms b32':>9}{'faster':>8}"
              f"{'accuracy':>10}{'Δ points':>10}"]
     for r in rows:
-        lines.append(f"{r.name:<28}{r.size_mb:>7.2f}{ref.size_mb / r.size_mb:>8.2f}x{r.ms_batch1:>9.2f}"
+        lines.append(f"{r.name:<40}{r.size_mb:>7.2f}{ref.size_mb / r.size_mb:>8.2f}x{r.ms_batch1:>9.2f}"
                      f"{ref.ms_batch1 / r.ms_batch1:>7.2f}x{r.ms_batch32:>9.2f}{ref.ms_batch32 / r.ms_batch32:>7.2f}x"
                      f"{r.accuracy:>10.2%}{100 * (r.accuracy - ref.accuracy):>+10.2f}")
     return "\n".join(lines)

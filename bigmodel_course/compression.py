@@ -151,6 +151,33 @@ def magnitude_prune(model: nn.Module, amount: float) -> nn.Module:
     return pruned
 
 
+def magnitude_amount_for_share(model: nn.Module, share: float) -> float:
+    """The per-layer `amount` for magnitude_prune that zeroes `share` of all the model's parameters.
+
+    Use it to compare unstructured with structured pruning at equal shares: pass the share of parameters that
+    prune_ffn_neurons removed, and both variants lose (zero or delete) the same number of parameters.
+    """
+    from .utils import count_parameters
+
+    prunable = sum(layer.weight.numel() for _, layer in prunable_linears(model))
+    amount = share * count_parameters(model) / prunable
+    if not 0.0 <= amount < 1.0:
+        raise ValueError(f"share {share} needs amount {amount:.3f} of the block Linear weights; must be in [0, 1)")
+    return amount
+
+
+def pruned_share(original: nn.Module, pruned: nn.Module) -> float:
+    """Share of the original's parameters that are gone in `pruned`: deleted (structured) or set to zero
+    (new exact zeros among the block Linear weights, as magnitude_prune makes them)."""
+    from .utils import count_parameters
+
+    def zeros(model: nn.Module) -> int:
+        return sum(int((layer.weight == 0).sum()) for _, layer in prunable_linears(model))
+
+    total = count_parameters(original)
+    return (total - count_parameters(pruned) + zeros(pruned) - zeros(original)) / total
+
+
 def ffn_neuron_scores(model: nn.Module) -> list[Tensor]:
     """Per block, the importance of each feed-forward neuron: ||W1[i, :]|| * ||W2[:, i]||."""
     blocks = [m for m in model.modules() if isinstance(m, FeedForward)]

@@ -51,6 +51,7 @@ BIB_KEYS = {
     "xiong2020layer", "lecun1998gradient", "krizhevsky2012imagenet", "lan2020albert", "bahdanau2015neural",
     "mikolov2013distributed", "hochreiter1997long", "touvron2023llama", "rombach2022high",
     "touvron2023llama2",
+    "rajbhandari2020zero", "chowdhery2023palm",
 }
 
 PIN = re.compile(r"`([A-Za-z0-9][A-Za-z0-9._-]*)==([^`\s]+)`")

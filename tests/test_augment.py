@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from bigmodel_course.data import NEGATION_WORDS, augment_dataset, augment_images, augment_text, is_negation
+from bigmodel_course.data import (
+    NEGATION_WORDS,
+    augment_dataset,
+    augment_images,
+    augment_text,
+    count_negations,
+    is_negation,
+)
 from bigmodel_course.data.augment import random_deletion, random_insertion, random_swap
 
 REVIEWS = ["这本书不太好看，没有想象中那么好。", "房间没有窗户，服务也不怎么样，但是价格便宜。",
@@ -15,12 +22,27 @@ NEG_CHARS = "不没无非未别"
 
 
 def _negations(text: str) -> list[str]:
+    """The negation characters of text, outside the non-negating words (非常, 特别, 不错, ...)."""
+    for w in sorted(["非常", "特别", "不错"], key=len, reverse=True):
+        text = text.replace(w, "")
     return [c for c in text if c in NEG_CHARS]
 
 
 def test_is_negation():
-    assert all(is_negation(w) for w in ["不", "没有", "不错", "别买", "无法"]) and "没有" in NEGATION_WORDS
+    assert all(is_negation(w) for w in ["不", "没有", "不好", "别买", "无法", "并非", "不太好"])
+    assert "没有" in NEGATION_WORDS
     assert not any(is_negation(w) for w in ["好", "推荐", "，"])
+
+
+def test_intensifiers_and_positive_words_are_not_negations():
+    # 非常/特别 intensify and 不错 is a positive word: deleting them never flips a review's sentiment
+    assert not any(is_negation(w) for w in ["非常", "特别", "不错", "非常不错", "特别差", "未来", "无论如何"])
+    assert count_negations("非常不错，特别是服务，不错不错") == 0
+    assert count_negations("质量不好，非常差，没有用，别买") == 3
+    assert count_negations("不错，但不如别家") == 1  # the 不 of 不如 negates; 不错 and 别家 do not
+    words = ["非常", "好", "，", "特别", "满意", "，", "不错"]
+    kept = [random_deletion(words, 0.9, random.Random(s)) for s in range(40)]
+    assert any("非常" not in k or "不错" not in k for k in kept)  # they are free words, not locked like 不
 
 
 def test_word_operations_keep_negations_in_place():

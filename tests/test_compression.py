@@ -18,9 +18,11 @@ from bigmodel_course.compression import (
     kept_neurons,
     load_int8,
     load_student,
+    magnitude_amount_for_share,
     magnitude_prune,
     prunable_linears,
     prune_ffn_neurons,
+    pruned_share,
     quantize_int8,
     save_weights,
     student_config,
@@ -89,6 +91,23 @@ def test_ffn_pruning_shrinks_matrices_and_equals_the_masked_original():
         assert not torch.allclose(model(x).logits, masked(x).logits)  # pruning did change the function
     rebuilt = GPTForSequenceClassification(pruned.cfg)  # the new config describes the pruned shapes
     rebuilt.load_state_dict(pruned.state_dict())
+
+
+@pytest.mark.parametrize("keep", [0.75, 0.5, 0.25])
+def test_magnitude_pruning_can_match_the_share_removed_by_ffn_pruning(keep):
+    """Equal shares: the unstructured twin zeroes as many parameters as the structured pruning deletes."""
+    model = tiny_gpt()
+    structured = prune_ffn_neurons(model, keep)
+    n = sum(p.numel() for p in model.parameters())
+    removed = n - sum(p.numel() for p in structured.parameters())
+    assert pruned_share(model, structured) == pytest.approx(removed / n)
+    twin = magnitude_prune(model, magnitude_amount_for_share(model, removed / n))
+    zeroed = sum(int((layer.weight == 0).sum()) for _, layer in prunable_linears(twin))
+    assert zeroed == pytest.approx(removed, rel=0.01)  # per-layer rounding only
+    assert pruned_share(model, twin) == pytest.approx(removed / n, rel=0.01)
+    assert pruned_share(model, model) == 0.0
+    with pytest.raises(ValueError, match="must be in"):
+        magnitude_amount_for_share(model, 0.9)  # more than all the block Linear weights
 
 
 def test_kept_neurons_are_the_highest_scoring():
@@ -246,9 +265,13 @@ def test_bench_compression_command_runs_in_the_ci_profile(tmp_path, monkeypatch,
     monkeypatch.setattr(finetuning, "load_sentiment_classifier", lambda *args, **kwargs: teacher)
     assert main(["bench", "compression", "--profile", "ci", "--rounds", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    for name in ("teacher fp32", "magnitude pruned 50%", "FFN neurons pruned 50%", "int8 Linear + embeddings",
+    for name in ("teacher fp32", "magnitude pruned ", "FFN neurons pruned 50% (", "int8 Linear + embeddings",
                  "distilled student", "student w/o distillation"):
         assert name in out
+    # both kinds of pruning remove the same share of the parameters
+    import re
+    shares = re.findall(r"magnitude pruned ([\d.]+)% params|FFN neurons pruned 50% \(([\d.]+)% params\)", out)
+    assert len(shares) == 2 and abs(float(shares[0][0]) - float(shares[1][1])) < 0.5
     for kind in ("distilled", "control"):
         meta = (student_dir(kind, "ci") / "meta.json").read_text(encoding="utf-8")
         assert '"steps": 10' in meta

@@ -346,3 +346,18 @@ def test_openapi_documents_every_route_and_both_image_bodies(client):
     image_body = spec["paths"]["/v1/image/classify"]["post"]["requestBody"]["content"]
     assert set(image_body) == {"application/json", "multipart/form-data"}
     assert "422" in spec["paths"]["/v1/text/classify"]["post"]["responses"]
+
+
+def test_openapi_lists_body_errors_only_for_routes_with_a_body(tmp_path):
+    """413 (body too large) and 415 (wrong content type) can only happen where a request body is read."""
+    spec = create_app(ModelRegistry(tmp_path), admin_key="k" * 32).openapi()
+    for path, methods in spec["paths"].items():
+        for method, op in methods.items():
+            codes = set(op["responses"])
+            if "requestBody" not in op and not (op.get("openapi_extra") or {}):
+                assert not codes & {"413", "415"}, f"{method.upper()} {path} has no body but lists {sorted(codes)}"
+    assert set(spec["paths"]["/v1/models"]["get"]["responses"]) == {"200", "500", "503"}
+    assert {"413", "415"} <= set(spec["paths"]["/v1/text/classify"]["post"]["responses"])
+    assert "413" in spec["paths"]["/v1/admin/models/{name}/promote"]["post"]["responses"]
+    assert "413" not in spec["paths"]["/v1/admin/models/{name}/rollback"]["post"]["responses"]
+    assert "413" not in spec["paths"]["/v1/admin/models/{name}/canary"]["delete"]["responses"]

@@ -10,7 +10,15 @@ from .corpora import (
     pretraining_corpus,
     review_splits,
 )
-from .augment import NEGATION_WORDS, augment_dataset, augment_images, augment_text, is_negation
+from .augment import (
+    NEGATION_WORDS,
+    NOT_NEGATION,
+    augment_dataset,
+    augment_images,
+    augment_text,
+    count_negations,
+    is_negation,
+)
 from .datasets import ClassificationDataset, LengthGroupedBatchSampler, LMBlockDataset, collate
 from .quality import (
     NearDuplicate,
@@ -59,9 +67,11 @@ __all__ = [
     "pretraining_corpus",
     "review_splits",
     "NEGATION_WORDS",
+    "NOT_NEGATION",
     "augment_dataset",
     "augment_images",
     "augment_text",
+    "count_negations",
     "is_negation",
     "NearDuplicate",
     "char_shingles",

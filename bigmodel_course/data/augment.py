@@ -12,13 +12,34 @@ import numpy as np
 NEGATION_WORDS = frozenset({"不", "没", "没有", "无", "非", "未", "别", "莫", "勿", "甭", "不是", "不要", "不会",
                             "不能", "不太", "不够", "并不", "从不", "决不", "绝不", "毫不", "没什么", "无法", "未必"})
 NEGATION_CHARS = frozenset("不没无非未别莫勿甭")
+# words that contain a negation character but negate nothing: intensifiers (非常, 特别, 无比), a positive word (不错),
+# conjunctions (不过, 不但, 不仅, 无论, 除非) and plain nouns/adverbs (未来, 区别, 别的, 无线, 不断, 不少)
+NOT_NEGATION = frozenset({"非常", "特别", "无比", "不错", "不过", "不但", "不仅", "无论", "除非", "未来", "不断",
+                          "不少", "区别", "差别", "分别", "个别", "级别", "类别", "性别", "识别", "告别", "别的",
+                          "别人", "别家", "无线"})
+_NOT_NEGATION_BY_LENGTH = sorted(NOT_NEGATION, key=len, reverse=True)
 OPERATIONS = ("delete", "swap", "insert")
 _BOUNDARY = re.compile(r"^[\s\W_]+$")  # punctuation, whitespace, symbols: clause boundaries that never move
 
 
+def _strip_not_negation(text: str) -> str:
+    """text with the NOT_NEGATION words (非常, 特别, 不错, ...) removed."""
+    for w in _NOT_NEGATION_BY_LENGTH:
+        text = text.replace(w, "")
+    return text
+
+
 def is_negation(word: str) -> bool:
-    """True for a negation word, or a jieba word that contains a negation character (不错, 没用, 别买, ...)."""
-    return word in NEGATION_WORDS or any(c in NEGATION_CHARS for c in word)
+    """True for a negation word, or a jieba word with a negation character outside NOT_NEGATION (没用, 别买, 不好, ...).
+
+    非常/特别 (intensifiers) and 不错 (a positive word) are not negations, nor are words built on them (特别差).
+    """
+    return word in NEGATION_WORDS or any(c in NEGATION_CHARS for c in _strip_not_negation(word))
+
+
+def count_negations(text: str) -> int:
+    """Number of negation characters in text, not counting those inside NOT_NEGATION words (非常, 特别, 不错, ...)."""
+    return sum(c in NEGATION_CHARS for c in _strip_not_negation(text))
 
 
 def _is_boundary(word: str) -> bool:

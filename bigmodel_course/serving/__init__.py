@@ -16,7 +16,7 @@ from .admin import ADMIN_HEADER, ADMIN_KEY_ENV
 from .app import create_app
 from .architectures import ARCHITECTURE_TASKS, ARCHITECTURES, build_model
 from .batching import MicroBatcher
-from .canary import Canary, clear_canary, get_canary, set_canary
+from .canary import Canary, CanaryVerdict, VersionStats, canary_verdict, clear_canary, get_canary, set_canary
 from .drift import DriftMonitor, DriftReport, psi
 from .loaded import LoadedModel
 from .loadtest import LoadTestResult, bench_serve, publish_tiny_models, run_load_test
@@ -28,6 +28,9 @@ __all__ = [
     "ADMIN_HEADER",
     "ADMIN_KEY_ENV",
     "Canary",
+    "CanaryVerdict",
+    "VersionStats",
+    "canary_verdict",
     "DriftMonitor",
     "DriftReport",
     "MicroBatcher",

@@ -35,7 +35,10 @@ from .schemas import ErrorResponse, ModelInfo, StrictRequest
 ADMIN_KEY_ENV, ADMIN_HEADER, MIN_KEY_CHARS = "BIGMODEL_ADMIN_KEY", "X-API-Key", 16
 ADMIN_PREFIX = "/v1/admin"
 UPLOAD_ROUTE = ADMIN_PREFIX + "/models/{name}/versions"  # the one route whose bodies (model files) may be large
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 503)}
+# every admin route: the key (401/403), the model or version (404/422), the registry (409/503); the routes that read a
+# body can also answer 400 (malformed body) and 413 (body too large)
+_ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 503)}
+_BODY_ERRORS = {code: {"model": ErrorResponse} for code in (400, 413)}
 _PUBLISH_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["metadata", "weights"],
     "properties": {"metadata": {"type": "string", "description": "JSON: task, architecture, config, labels, "
@@ -195,7 +198,8 @@ def admin_router(registry: ModelRegistry, cache, max_upload_bytes: int | None = 
     max_upload_bytes / 2 parameters."""
     router = APIRouter(prefix=ADMIN_PREFIX, tags=["admin"], responses=_ERRORS)
 
-    @router.post("/models/{name}/versions", status_code=201, response_model=ModelInfo, openapi_extra=_PUBLISH_BODY)
+    @router.post("/models/{name}/versions", status_code=201, response_model=ModelInfo, openapi_extra=_PUBLISH_BODY,
+                 responses=_BODY_ERRORS)
     async def publish(name: str, request: Request) -> dict:
         """Publish a new version (not promoted) from uploaded safetensors weights, metadata and tokenizer."""
         _check_names(name)
@@ -228,7 +232,7 @@ def admin_router(registry: ModelRegistry, cache, max_upload_bytes: int | None = 
         return await run_in_threadpool(_publish_from_files, registry, name, metadata, weight_bytes, tokenizer_bytes,
                                        max_upload_bytes)
 
-    @router.post("/models/{name}/promote", response_model=ModelInfo)
+    @router.post("/models/{name}/promote", response_model=ModelInfo, responses=_BODY_ERRORS)
     def promote(name: str, body: PromoteRequest) -> dict:
         """Load and check `version`, then promote it; a version that does not load is refused (409)."""
         _check_names(name, body.version)
@@ -254,7 +258,7 @@ def admin_router(registry: ModelRegistry, cache, max_upload_bytes: int | None = 
         logger.info("rolled back %s to %s through the admin API", card.name, card.version)
         return card.summary()
 
-    @router.put("/models/{name}/canary", response_model=CanaryInfo)
+    @router.put("/models/{name}/canary", response_model=CanaryInfo, responses=_BODY_ERRORS)
     def start_canary(name: str, body: CanaryRequest) -> dict:
         """Send a fraction of the requests for `name` to a candidate version (loaded and checked first)."""
         _check_names(name, body.version)

@@ -55,7 +55,9 @@ from .schemas import (
 
 ROUTES = ("/v1/text/classify", "/v1/image/classify", "/v1/models", "/healthz", "/metrics")
 ADMIN_ROUTES = tuple(f"/v1/admin/models/{{name}}/{action}" for action in ("versions", "promote", "rollback", "canary"))
+# the error codes each route can answer, as its OpenAPI document lists them: 413/415 only where a body is read
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 500, 503)}
+_NO_BODY_ERRORS = {code: {"model": ErrorResponse} for code in (500, 503)}
 _UPLOADS = {"schema": {
     "type": "object", "required": ["model", "files"],
     "properties": {"model": {"type": "string"},
@@ -427,7 +429,7 @@ def create_app(
                                      "application/json or multipart/form-data")
         return await run_in_threadpool(run)
 
-    @app.get("/v1/models", response_model=ModelsResponse, responses=_ERRORS)
+    @app.get("/v1/models", response_model=ModelsResponse, responses=_NO_BODY_ERRORS)
     def list_models() -> dict:
         """Every readable version of every registered model (name, version, sha256 of the weights, metrics, created,
         promoted), and the damaged entries, each named with its problem and skipped."""

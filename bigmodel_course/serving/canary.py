@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass
 
 from .checks import RegistryError, is_version
@@ -85,3 +86,75 @@ def damaged_canaries(registry: ModelRegistry) -> list[DamagedEntry]:
         except RegistryError as e:
             damaged.append(DamagedEntry(name, None, registry.relative(e) + "; requests go to the promoted version"))
     return damaged
+
+
+@dataclass(frozen=True)
+class VersionStats:
+    """What one version did on live traffic during a canary: requests answered, requests that failed, per-request
+    latency in milliseconds and, where the traffic had labels, how many answers were right."""
+
+    requests: int
+    errors: int
+    latency_ms: tuple[float, ...]
+    correct: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.requests < 0 or not 0 <= self.errors <= self.requests:
+            raise ValueError(f"need 0 <= errors <= requests, got {self.errors} errors of {self.requests}")
+        if self.correct is not None and not 0 <= self.correct <= self.requests - self.errors:
+            raise ValueError(f"correct must be in [0, {self.requests - self.errors}], got {self.correct}")
+
+
+@dataclass(frozen=True)
+class CanaryCheck:
+    """One comparison of the canary with the stable version: the two values and whether the canary is worse."""
+
+    metric: str
+    stable: float
+    canary: float
+    p_value: float | None  # one-sided Fisher exact test, for rates; None for latency (a ratio against a tolerance)
+    worse: bool
+
+
+@dataclass(frozen=True)
+class CanaryVerdict:
+    """promote is True only when no check found the canary worse than the stable version."""
+
+    promote: bool
+    checks: tuple[CanaryCheck, ...]
+
+
+def _one_sided_p(bad_a: int, n_a: int, bad_b: int, n_b: int) -> float:
+    """One-sided Fisher exact test: the p-value that rate b (the canary's) is higher than rate a (the stable's).
+
+    Exact, so it stays honest for the rare events (a few failed requests) a canary mostly sees."""
+    if n_a == 0 or n_b == 0:
+        return 1.0
+    from scipy.stats import fisher_exact
+
+    return float(fisher_exact([[bad_b, n_b - bad_b], [bad_a, n_a - bad_a]], alternative="greater").pvalue)
+
+
+def canary_verdict(stable: VersionStats, canary: VersionStats, alpha: float = 0.05,
+                   max_latency_ratio: float = 1.2) -> CanaryVerdict:
+    """Promote or roll back from the canary's own live metrics against the stable version's in the same period.
+
+    error rate: the canary is worse when its share of failed requests is higher at one-sided level alpha;
+    accuracy (when both have labels): worse when its share of wrong answers is higher at level alpha;
+    latency: worse when its median latency exceeds the stable version's by more than max_latency_ratio.
+    """
+    if canary.requests == 0:
+        raise ValueError("the canary answered no requests; there is nothing to decide on")
+    checks = []
+    rate = [(s.errors / s.requests if s.requests else 0.0) for s in (stable, canary)]
+    p = _one_sided_p(stable.errors, stable.requests, canary.errors, canary.requests)
+    checks.append(CanaryCheck("error_rate", rate[0], rate[1], p, p < alpha))
+    if stable.correct is not None and canary.correct is not None:
+        answered = [s.requests - s.errors for s in (stable, canary)]
+        acc = [(s.correct / a if a else 0.0) for s, a in zip((stable, canary), answered)]
+        p = _one_sided_p(answered[0] - stable.correct, answered[0], answered[1] - canary.correct, answered[1])
+        checks.append(CanaryCheck("accuracy", acc[0], acc[1], p, p < alpha))
+    if stable.latency_ms and canary.latency_ms:
+        med = [statistics.median(s.latency_ms) for s in (stable, canary)]
+        checks.append(CanaryCheck("median_latency_ms", med[0], med[1], None, med[1] > max_latency_ratio * med[0]))
+    return CanaryVerdict(not any(c.worse for c in checks), tuple(checks))
