@@ -14,7 +14,7 @@ table of contents (chapters and their sections) with page numbers, then the pref
 numbers come from a second print: the first one is read back with pypdf, where every contents
 entry is a link whose named destination gives the page its heading landed on; the numbers are
 written into the contents (fixed-width boxes, so nothing moves) and the page is printed again
-until the PDF's pages agree with them.
+until the PDF's pages agree with them (see print_pdf).
 Links between pages of the book become links inside the PDF (singlehtml writes them as links to
 book/intro.html#…, which would point at the temporary local server).
 The last line printed names the PDF (default book/_build/pdf/大模型应用开发.pdf).
@@ -46,7 +46,7 @@ RENDER_TIMEOUT_S = 240.0
 SUBTITLE = "从注意力公式到微调、压缩与部署：在笔记本电脑上动手实践"
 EDITION = "2026 年版"
 CONTENTS_TITLE = "目录"
-MAX_PRINTS = 4  # prints until the contents' page numbers agree with the PDF (two or three in practice)
+MAX_PRINTS = 4  # full prints until the contents' page numbers agree with the PDF (two in practice)
 
 # Print style: A4, no navigation, wrapped code, every chapter on a new page.
 PRINT_CSS = """
@@ -239,6 +239,12 @@ FILL_JS = """
 FOOTER = ('<div style="width:100%;font-size:8px;color:#666;text-align:center;">'
           '<span class="pageNumber"></span> / <span class="totalPages"></span></div>')
 
+PRINT_OPTIONS = {
+    "printBackground": True, "preferCSSPageSize": True,
+    "paperWidth": 8.27, "paperHeight": 11.69,  # A4 in inches, if CSS gives no size
+    "displayHeaderFooter": True, "headerTemplate": "<div></div>", "footerTemplate": FOOTER,
+}
+
 
 def toc_pages() -> tuple[str, list[str]]:
     """The root page and the top-level (chapter and appendix) pages of book/_toc.yml, in order."""
@@ -273,12 +279,8 @@ def destination_pages(pdf: Path) -> dict[str, int]:
 
 
 def _print_once(chrome: browser_check.Chromium, pdf: Path) -> None:
-    printed = chrome.send("Page.printToPDF", {
-        "printBackground": True, "preferCSSPageSize": True,
-        "paperWidth": 8.27, "paperHeight": 11.69,  # A4 in inches, if CSS gives no size
-        "displayHeaderFooter": True, "headerTemplate": "<div></div>", "footerTemplate": FOOTER,
-        "generateDocumentOutline": True, "transferMode": "ReturnAsStream",
-    }, session=True)
+    printed = chrome.send("Page.printToPDF", {**PRINT_OPTIONS, "generateDocumentOutline": True,
+                                              "transferMode": "ReturnAsStream"}, session=True)
     with pdf.open("wb") as fh:
         while True:
             chunk = chrome.send("IO.read", {"handle": printed["stream"], "size": 1 << 22}, session=True)
@@ -300,13 +302,16 @@ def print_pdf(browser: str, page: Path, pdf: Path, chapter_ids: list[str], front
             stats.update(chrome.evaluate(f"({FRONT_JS})({json.dumps(front)}, {json.dumps(chapter_ids)})"))
         chrome.send("Emulation.setEmulatedMedia", {"media": "print"}, session=True)
         # Chromium's pagination of this page alternates between two layouts from one print to the
-        # next (a heading at the foot of a page moves to the next one, with no change to the DOM), so
-        # the numbers of the first print are written in and the page is printed until a print agrees.
+        # next (a heading at the foot of a page moves to the next one, with no change to the DOM).
+        # So the numbers of the first print are written in, a one-page print (a few seconds) takes
+        # the other layout's turn, and the page is printed again until a print agrees with them.
         ids = [e["id"] for e in stats.get("entries", [])]
         target: dict[str, int] | None = None
         found: dict[str, int] = {}
         for prints in range(1, MAX_PRINTS + 1):
             stats["prints"] = prints
+            if target is not None:
+                chrome.send("Page.printToPDF", {**PRINT_OPTIONS, "pageRanges": "1"}, session=True)
             _print_once(chrome, pdf)
             pages = destination_pages(pdf)
             found = {i: pages[i] for i in ids if i in pages}
