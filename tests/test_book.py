@@ -122,3 +122,38 @@ def test_theme_wording_is_simplified_chinese(book):
     page = (html / "chapters" / "ch01_attention.html").read_text(encoding="utf-8")
     assert 'title="打印为 PDF"' in page
     assert not [p for p in _pages(html) if "列印" in p.read_text(encoding="utf-8")]
+
+
+def _check_only(source: str) -> bool:
+    """True for code that is nothing but `assert` statements (and comments): a check for the tests."""
+    import ast
+
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:  # IPython magics: not a plain check
+        return False
+    return bool(body) and all(isinstance(statement, ast.Assert) for statement in body)
+
+
+def test_check_only_cells_are_removed_from_the_book():
+    """A code cell of asserts alone exists for the tests: tagged remove-cell, it prints no wall of checks."""
+    import nbformat
+
+    unhidden = []
+    for path in sorted((ROOT / "chapters").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type == "code" and _check_only(cell.source) \
+                    and "remove-cell" not in cell.metadata.get("tags", []):
+                unhidden.append(f"{path.name} cell {index}")
+    assert not unhidden, f"code cells of asserts only without the remove-cell tag: {unhidden}"
+
+
+def test_no_test_markers_in_chapter_pages(book):
+    """`# NBVAL_CHECK_OUTPUT` and other nbval markers are for the tests: book/tools/nbval_markers.py drops
+    them from the code shown (the appendices may name the marker in their prose)."""
+    _, html = book
+    pages = sorted((html / "chapters").glob("*.html"))
+    assert pages
+    marked = [p.name for p in pages if "NBVAL_" in p.read_text(encoding="utf-8")]
+    assert not marked, f"nbval markers shown in {marked}"

@@ -84,12 +84,42 @@ def _extract(pdf: Path, start: int, stop: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def text(built, reader) -> str:
+def page_texts(built, reader) -> list[str]:
     pdf, count = built[1], len(reader.pages)
     bounds = [count * k // 2 for k in range(3)]
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         parts = pool.map(_extract, [pdf] * 2, bounds[:-1], bounds[1:])
-        return "\n".join(page for part in parts for page in part)
+        return [page for part in parts for page in part]
+
+
+@pytest.fixture(scope="module")
+def text(page_texts) -> str:
+    return "\n".join(page_texts)
+
+
+CONTENTS_LINE = re.compile(r"^(.*\S)\s+(\d+)\s*$")
+
+
+def _contents(page_texts: list[str]) -> tuple[list[int], list[tuple[str, int]]]:
+    """The contents pages (0-based, they follow the title page) and their (title, page) lines."""
+    pages, lines = [], []
+    for index in range(1, len(page_texts)):
+        text = page_texts[index]
+        if index > 1 and not re.match(r"\s*\S.*\s\d+\s*$", text.split("\n", 1)[0]):
+            break  # the preface: its first line is not a contents line
+        pages.append(index)
+        pending = ""  # a title that wraps: its first lines have no number
+        for line in text.splitlines()[:-1]:  # the last line is the footer (n / total)
+            if match := CONTENTS_LINE.match(line):
+                lines.append((pending + match[1], int(match[2])))
+                pending = ""
+            else:
+                pending += line
+    return pages, lines
+
+
+def _in_flat(title: str, text: str) -> bool:
+    return bool(_title_pattern(title).search(_flat(text)))
 
 
 def test_make_pdf_builds_one_pdf_and_names_it(built):
@@ -109,13 +139,61 @@ def test_page_count_is_plausible(reader):
                for p in reader.pages), "pages are not A4 (595 x 842 pt)"
 
 
-def test_every_toc_title_is_in_the_text_in_toc_order(text):
-    flat = _flat(text)
+def test_every_toc_title_is_in_the_text_in_toc_order(page_texts):
+    _, lines = _contents(page_texts)
+    flat = _flat("\n".join(page_texts[lines[0][1] - 1:]))  # the body, from the preface on
     position = -1
     for page in nbtools.toc_files():
         match = _title_pattern(_title(page)).search(flat, position + 1)
         assert match, f"title of {page} ({_title(page)!r}) is not in the PDF text after the previous one"
         position = match.start()
+
+
+def test_the_pdf_opens_with_a_title_page(page_texts):
+    first = page_texts[0]
+    assert _in_flat("大模型应用开发", first), first
+    flat = _flat(first)
+    assert "2026年版" in flat, first
+    assert re.search(r"\d{4}年\d{1,2}[月⽉]\d{1,2}[日⽇]", flat), f"no build date on the title page: {first}"
+    assert len(first.splitlines()) <= 8, f"the title page holds more than a title: {first[:500]}"
+
+
+def test_a_contents_with_page_numbers_comes_before_the_preface(page_texts, reader):
+    pages, lines = _contents(page_texts)
+    assert pages and pages[0] == 1, "the contents must follow the title page"
+    assert _in_flat("目录", page_texts[1].split("\n", 1)[0]), page_texts[1][:200]
+    numbers = [n for _, n in lines]
+    # every chapter and appendix is listed, in reading order, with the page its title is printed on
+    titles = [_title(page) for page in nbtools.toc_files()]
+    assert len(lines) >= len(titles), f"{len(lines)} contents lines for {len(titles)} toc pages"
+    assert numbers == sorted(numbers), f"contents page numbers are not in order: {numbers}"
+    assert numbers[0] == pages[-1] + 2, "the preface must start on the page after the contents"
+    assert numbers[-1] <= len(reader.pages)
+    listed = iter(lines)
+    for title in titles:
+        entry = next((e for e in listed if _in_flat(_flat(title), e[0])), None)
+        assert entry, f"{title!r} is not in the contents (in order)"
+        page = page_texts[entry[1] - 1]
+        assert _in_flat(title[:12], page), f"{title!r}: the contents says page {entry[1]}, it is not there"
+
+
+def test_links_stay_inside_the_pdf(reader):
+    """Cross-references point into the PDF, never at the local server the page was printed from."""
+    local = []
+    for number, page in enumerate(reader.pages, 1):
+        for annotation in page.get("/Annots") or []:
+            action = annotation.get_object().get("/A") or {}
+            uri = str(action.get("/URI", ""))
+            if "127.0.0.1" in uri or "localhost" in uri:
+                local.append((number, uri))
+    assert not local, f"{len(local)} links to the local server, e.g. {local[:3]}"
+
+
+def test_no_test_markers_in_the_code(text):
+    """`# NBVAL_CHECK_OUTPUT` is for the tests (book/tools/nbval_markers.py): at most the appendices'
+    prose names it."""
+    prose = sum(p.read_text(encoding="utf-8").count("NBVAL_") for p in (ROOT / "book").glob("*.md"))
+    assert _flat(text).count("NBVAL_") <= prose
 
 
 def test_text_is_chinese(text):

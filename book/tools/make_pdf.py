@@ -8,6 +8,15 @@ with --browser / $CHROMIUM) opens that page, waits until MathJax has typeset eve
 Mermaid has drawn every diagram and every image has loaded, applies the print style below
 and prints it with the DevTools protocol (browser_check.Chromium; the page is served from 127.0.0.1).
 Solution cells are printed expanded (labelled 参考答案), like every other folded cell.
+
+The PDF opens like a printed book: a title page (title, subtitle, edition, build date) and a
+table of contents (chapters and their sections) with page numbers, then the preface. The page
+numbers come from a second print: the first one is read back with pypdf, where every contents
+entry is a link whose named destination gives the page its heading landed on; the numbers are
+written into the contents (fixed-width boxes, so nothing moves) and the page is printed again
+until the PDF's pages agree with them (see print_pdf).
+Links between pages of the book become links inside the PDF (singlehtml writes them as links to
+book/intro.html#…, which would point at the temporary local server).
 The last line printed names the PDF (default book/_build/pdf/大模型应用开发.pdf).
 """
 
@@ -17,11 +26,14 @@ import argparse
 import base64
 import json
 import shutil
+import os
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
+import pypdf
 import yaml
 
 import browser_check  # the Chromium driver and local server of the browser test (same folder)
@@ -31,6 +43,10 @@ ROOT = build_book.ROOT
 DEFAULT_OUT = build_book.DEFAULT_OUT / "pdf"
 PDF_NAME = "大模型应用开发.pdf"
 RENDER_TIMEOUT_S = 240.0
+SUBTITLE = "从注意力公式到微调、压缩与部署：在笔记本电脑上动手实践"
+EDITION = "2026 年版"
+CONTENTS_TITLE = "目录"
+MAX_PRINTS = 4  # full prints until the contents' page numbers agree with the PDF (two in practice)
 
 # Print style: A4, no navigation, wrapped code, every chapter on a new page.
 PRINT_CSS = """
@@ -60,6 +76,23 @@ PRINT_CSS = """
   details > summary::-webkit-details-marker { display: none; }
   .pdf-chapter-break { display: block; break-before: page; }
 }
+/* Front matter (FRONT_JS): a title page, then the contents, each starting a page. */
+.pdf-title-page { break-after: page; height: 255mm; display: flex; flex-direction: column;
+  justify-content: center; text-align: center; }
+.pdf-title-page .pdf-title { font-size: 40pt; font-weight: 700; letter-spacing: 0.08em; margin-bottom: 10mm; }
+.pdf-title-page .pdf-subtitle { font-size: 15pt; color: #333; margin-bottom: 40mm; }
+.pdf-title-page .pdf-edition { font-size: 14pt; margin-bottom: 4mm; }
+.pdf-title-page .pdf-author, .pdf-title-page .pdf-date { font-size: 11pt; color: #555; margin-top: 2mm; }
+.pdf-contents { break-after: page; }
+.pdf-contents h1 { margin: 0 0 6mm 0; }
+.pdf-contents a.pdf-toc-entry { display: flex; align-items: baseline; color: inherit !important;
+  text-decoration: none !important; break-inside: avoid; }
+.pdf-contents a.pdf-toc-entry.level-1 { font-weight: 600; margin-top: 2.6mm; }
+.pdf-contents a.pdf-toc-entry.level-2 { padding-left: 2em; font-size: 0.93em; margin-top: 0.7mm; }
+.pdf-contents .pdf-toc-title { flex: 0 1 auto; }
+.pdf-contents .pdf-toc-dots { flex: 1 1 auto; min-width: 2em; margin: 0 0.4em;
+  border-bottom: 1px dotted #888; transform: translateY(-0.25em); }
+.pdf-contents .pdf-toc-page { flex: 0 0 2.6em; text-align: right; font-variant-numeric: tabular-nums; }
 """
 
 # Run in the page after load: wait for MathJax, Mermaid and images, unfold folded cells,
@@ -107,8 +140,110 @@ async (chapterIds, timeoutMs) => {
 }
 """ % json.dumps(PRINT_CSS)
 
+# Run after READY_JS: point same-book links into the page, add the title page and the contents.
+# Returns the contents entries (the ids their links point to) and how many links were repointed.
+FRONT_JS = """
+(front, chapterIds) => {
+  const article = document.body.querySelector("article.bd-article");
+  const docOf = (el) => {  // the id of the document span before el (singlehtml marks each page)
+    let best = "";
+    for (const span of article.querySelectorAll('span[id^="document-"]')) {
+      if (span.compareDocumentPosition(el) & Node.DOCUMENT_POSITION_FOLLOWING) best = span.id; else break;
+    }
+    return best;
+  };
+  // Dropdown admonitions (solutions) print open: sphinx-togglebutton opens them on "beforeprint"
+  // and closes them on "afterprint"; take them out of its hands so every print lays out the same.
+  for (const el of article.querySelectorAll(".admonition.toggle, .admonition.dropdown")) {
+    el.classList.remove("toggle", "toggle-hidden");
+  }
+  // singlehtml links every reference as book/intro.html#id; ids repeat between pages
+  // (id7 on several pages), so pick the bibliography entry or the target on the link's own page.
+  let relinked = 0, renamed = 0;
+  for (const a of article.querySelectorAll("a[href]")) {
+    const url = new URL(a.href, location.href);
+    if (url.origin !== location.origin || !url.hash || a.getAttribute("href").startsWith("#")) continue;
+    const id = decodeURIComponent(url.hash.slice(1));
+    const targets = [...article.querySelectorAll(`[id="${CSS.escape(id)}"]`)];
+    if (!targets.length) continue;
+    let target = targets[0];
+    if (targets.length > 1) {
+      const doc = docOf(a);
+      target = targets.find((t) => t.matches(".citation, [role='doc-biblioentry']"))
+        || targets.find((t) => docOf(t) === doc) || targets[0];
+    }
+    if (target !== targets[0]) { target.id = `${id}--${targets.indexOf(target)}`; renamed += 1; }
+    a.setAttribute("href", "#" + target.id);
+    relinked += 1;
+  }
+  // Contents: the preface's title, each chapter-level page (level 1) with its sections and
+  // section pages (level 2), in reading order.
+  const top = new Set(chapterIds.map((id) => "document-" + id));
+  const entries = [];
+  const add = (heading, level) => {
+    if (!heading.id) heading.id = `pdf-toc-${entries.length + 1}`;
+    const title = heading.cloneNode(true);
+    title.querySelectorAll(".headerlink").forEach((e) => e.remove());
+    entries.push({id: heading.id, level, title});
+  };
+  let state = "root", titlePending = false, base = 0;
+  for (const el of article.querySelectorAll('span[id^="document-"], h1, h2, h3, h4')) {
+    if (el.tagName === "SPAN") { state = top.has(el.id) ? "top" : "sub"; titlePending = true; continue; }
+    const level = Number(el.tagName[1]);
+    if (state === "root") { if (!entries.length) add(el, 1); }
+    else if (titlePending) {
+      if (state === "top") base = level;
+      add(el, state === "top" ? 1 : 2);
+      titlePending = false;
+    }
+    else if (state === "top" && level === base + 1) add(el, 2);
+  }
+  const make = (tag, cls, text) => {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  };
+  const titlePage = make("section", "pdf-title-page");
+  titlePage.append(make("div", "pdf-title", front.title), make("div", "pdf-subtitle", front.subtitle),
+                   make("div", "pdf-edition", front.edition), make("div", "pdf-author", front.author),
+                   make("div", "pdf-date", front.date));
+  const contents = make("nav", "pdf-contents");
+  contents.append(make("h1", "", front.contentsTitle));
+  for (const entry of entries) {
+    const link = make("a", `pdf-toc-entry level-${entry.level}`);
+    link.href = "#" + entry.id;
+    const title = make("span", "pdf-toc-title");
+    title.append(...entry.title.childNodes);
+    link.append(title, make("span", "pdf-toc-dots"), make("span", "pdf-toc-page", "\u2007"));
+    contents.append(link);
+  }
+  article.prepend(titlePage, contents);
+  return {entries: entries.map((e) => ({id: e.id, level: e.level})), relinked, renamed};
+}
+"""
+
+# Write the page numbers (id -> page) into the contents.
+FILL_JS = """
+(pages) => {
+  let filled = 0;
+  for (const link of document.querySelectorAll(".pdf-contents a.pdf-toc-entry")) {
+    const page = pages[link.getAttribute("href").slice(1)];
+    link.querySelector(".pdf-toc-page").textContent = page === undefined ? "\u2007" : String(page);
+    filled += page !== undefined;
+  }
+  return filled;
+}
+"""
+
 FOOTER = ('<div style="width:100%;font-size:8px;color:#666;text-align:center;">'
           '<span class="pageNumber"></span> / <span class="totalPages"></span></div>')
+
+PRINT_OPTIONS = {
+    "printBackground": True, "preferCSSPageSize": True,
+    "paperWidth": 8.27, "paperHeight": 11.69,  # A4 in inches, if CSS gives no size
+    "displayHeaderFooter": True, "headerTemplate": "<div></div>", "footerTemplate": FOOTER,
+}
 
 
 def toc_pages() -> tuple[str, list[str]]:
@@ -119,27 +254,77 @@ def toc_pages() -> tuple[str, list[str]]:
     return toc["root"], [e["file"] for e in entries if "file" in e]
 
 
-def print_pdf(browser: str, page: Path, pdf: Path, chapter_ids: list[str]) -> dict:
-    """Open page (served from 127.0.0.1) in headless Chromium, wait until it is fully rendered, print it to pdf."""
+def front_matter() -> dict:
+    """Title page fields: title and author from book/_config.yml, the edition and the build date.
+
+    The date is today's (UTC), or that of $SOURCE_DATE_EPOCH for a reproducible build.
+    """
+    config = yaml.safe_load(build_book.CONFIG.read_text(encoding="utf-8"))
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    day = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
+    return {"title": config["title"], "subtitle": SUBTITLE, "edition": EDITION,
+            "author": config.get("author", ""), "date": f"{day.year} 年 {day.month} 月 {day.day} 日构建",
+            "contentsTitle": CONTENTS_TITLE}
+
+
+def destination_pages(pdf: Path) -> dict[str, int]:
+    """Page number (1-based) of every named destination of pdf, by id (the link targets)."""
+    reader = pypdf.PdfReader(pdf)
+    pages = {}
+    for name, dest in reader.named_destinations.items():
+        number = reader.get_destination_page_number(dest)
+        if number is not None and number >= 0:
+            pages[str(name).lstrip("/")] = number + 1
+    return pages
+
+
+def _print_once(chrome: browser_check.Chromium, pdf: Path) -> None:
+    printed = chrome.send("Page.printToPDF", {**PRINT_OPTIONS, "generateDocumentOutline": True,
+                                              "transferMode": "ReturnAsStream"}, session=True)
+    with pdf.open("wb") as fh:
+        while True:
+            chunk = chrome.send("IO.read", {"handle": printed["stream"], "size": 1 << 22}, session=True)
+            data = chunk.get("data", "")
+            fh.write(base64.b64decode(data) if chunk.get("base64Encoded") else data.encode("latin-1"))
+            if chunk.get("eof"):
+                break
+    chrome.send("IO.close", {"handle": printed["stream"]}, session=True)
+
+
+def print_pdf(browser: str, page: Path, pdf: Path, chapter_ids: list[str], front: dict) -> dict:
+    """Open page (served from 127.0.0.1) in headless Chromium, wait until it is fully rendered, add the
+    title page and the contents, print it to pdf and print again with the contents' page numbers."""
     with browser_check.serve(page.parent) as base, \
             browser_check.Chromium(browser, timeout=RENDER_TIMEOUT_S + 360) as chrome:
         chrome.open(base + page.name, timeout=120)
         stats = chrome.evaluate(f"({READY_JS})({json.dumps(chapter_ids)}, {int(RENDER_TIMEOUT_S * 1000)})")
+        if stats["articleFound"]:
+            stats.update(chrome.evaluate(f"({FRONT_JS})({json.dumps(front)}, {json.dumps(chapter_ids)})"))
         chrome.send("Emulation.setEmulatedMedia", {"media": "print"}, session=True)
-        printed = chrome.send("Page.printToPDF", {
-            "printBackground": True, "preferCSSPageSize": True,
-            "paperWidth": 8.27, "paperHeight": 11.69,  # A4 in inches, if CSS gives no size
-            "displayHeaderFooter": True, "headerTemplate": "<div></div>", "footerTemplate": FOOTER,
-            "generateDocumentOutline": True, "transferMode": "ReturnAsStream",
-        }, session=True)
-        with pdf.open("wb") as fh:
-            while True:
-                chunk = chrome.send("IO.read", {"handle": printed["stream"], "size": 1 << 22}, session=True)
-                data = chunk.get("data", "")
-                fh.write(base64.b64decode(data) if chunk.get("base64Encoded") else data.encode("latin-1"))
-                if chunk.get("eof"):
-                    break
-        chrome.send("IO.close", {"handle": printed["stream"]}, session=True)
+        # Chromium's pagination of this page alternates between two layouts from one print to the
+        # next (a heading at the foot of a page moves to the next one, with no change to the DOM).
+        # So the numbers of the first print are written in, a one-page print (a few seconds) takes
+        # the other layout's turn, and the page is printed again until a print agrees with them.
+        ids = [e["id"] for e in stats.get("entries", [])]
+        target: dict[str, int] | None = None
+        found: dict[str, int] = {}
+        for prints in range(1, MAX_PRINTS + 1):
+            stats["prints"] = prints
+            if target is not None:
+                chrome.send("Page.printToPDF", {**PRINT_OPTIONS, "pageRanges": "1"}, session=True)
+            _print_once(chrome, pdf)
+            pages = destination_pages(pdf)
+            found = {i: pages[i] for i in ids if i in pages}
+            if found == target:
+                break
+            if not ids:
+                break
+            if target is None:
+                target = found
+                chrome.evaluate(f"({FILL_JS})({json.dumps(target)})")
+        stats["pagesSettled"] = found == target
+        stats["contentsMissing"] = [i for i in ids if i not in found]
+        stats["contentsPages"] = found
     return stats
 
 
@@ -155,6 +340,12 @@ def _problems(stats: dict) -> list[str]:
         problems.append("no <article class=\"bd-article\"> in the page: has the theme changed?")
     if stats["chaptersMarked"] != stats["chapters"]:
         problems.append(f"only {stats['chaptersMarked']} of {stats['chapters']} chapters found in the page")
+    if stats["articleFound"] and not stats.get("entries"):
+        problems.append("the contents found no headings")
+    if stats.get("contentsMissing"):
+        problems.append(f"contents entries without a page in the PDF: {stats['contentsMissing'][:5]}")
+    if stats["articleFound"] and not stats.get("pagesSettled"):
+        problems.append("the contents' page numbers changed from one print to the next")
     return problems
 
 
@@ -171,9 +362,13 @@ def make_pdf(out: Path, browser: str) -> Path:
     page = out / "singlehtml" / "book.html"
     shutil.copyfile(built, page)
     pdf = out / PDF_NAME
-    stats = print_pdf(browser, page, pdf, chapters)
+    stats = print_pdf(browser, page, pdf, chapters, front_matter())
     print("Rendered: {formulas} formulas, {mermaid} Mermaid diagrams, {images} images, "
           "{chapters} chapters".format(**stats), flush=True)
+    if stats["articleFound"]:
+        print("Contents: {} entries; {} links repointed into the PDF ({} ambiguous ids resolved); "
+              "printed {} times".format(len(stats["entries"]), stats["relinked"], stats["renamed"],
+                                        stats["prints"]), flush=True)
     problems = _problems(stats)
     if problems:
         raise RuntimeError("; ".join(problems))
