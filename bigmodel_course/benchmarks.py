@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .attention import MultiHeadAttention
-from .timing import percentiles, timed
+from .timing import percentiles, ratio_spread, timed
 
 
 @dataclass
@@ -199,9 +199,8 @@ def bench_compression(profile: str | None = None, rounds: int = 30, progress: bo
 
     def speedup_iqr(name: str, batch: str) -> tuple[float, float]:
         """Quartiles of the teacher's time over this model's time, round by round (both timed in the same round)."""
-        ratios = [a / b for a, b in zip(samples[(ref, batch)], samples[(name, batch)])]
-        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-        return (q[0], q[2])
+        spread = ratio_spread(samples[(ref, batch)], samples[(name, batch)])
+        return (spread.q1, spread.q3)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,8 +5,10 @@ Only the standard library and numpy: a device sync (e.g. `torch.cuda.synchronize
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -38,3 +40,31 @@ def percentiles(samples: Sequence[float], qs: Sequence[float] = (50, 99)) -> tup
     if not np.isfinite(values).all():
         raise ValueError(f"samples must be finite, got {values[~np.isfinite(values)][:3].tolist()}")
     return tuple(float(v) for v in np.percentile(values, list(qs), method="linear"))
+
+
+@dataclass(frozen=True)
+class RatioSpread:
+    """Round-by-round ratios of two functions timed in the same rounds: their median and quartiles."""
+
+    median: float
+    q1: float
+    q3: float
+
+    @property
+    def measurable(self) -> bool:
+        """False when 1 lies inside the interquartile range: no measurable difference between the two."""
+        return not (self.q1 <= 1.0 <= self.q3)
+
+
+def ratio_spread(base: Sequence[float], other: Sequence[float]) -> RatioSpread:
+    """Spread of base[i] / other[i] over rounds i (e.g. a speed-up of `other` over `base` when both are seconds):
+    median and quartiles (statistics.quantiles, exclusive method)."""
+    if len(base) != len(other):
+        raise ValueError(f"base has {len(base)} rounds, other {len(other)}: time both in the same rounds")
+    if len(base) == 0:
+        raise ValueError("no timings: need at least one round")
+    if min(other) <= 0 or min(base) <= 0:
+        raise ValueError("timings must be positive")
+    ratios = [a / b for a, b in zip(base, other)]
+    q1, median, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return RatioSpread(statistics.median(ratios), min(q1, median), max(q3, median))

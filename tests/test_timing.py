@@ -42,3 +42,24 @@ def test_timed_returns_result_and_seconds_and_syncs_around_the_call():
     assert result == "done" and 0.009 < seconds < 5
     assert events == ["sync", "call", "sync"]
     assert timed(lambda: 3)[0] == 3
+
+
+def test_ratio_spread_against_statistics_and_its_verdict():
+    from statistics import median, quantiles
+
+    from bigmodel_course.timing import ratio_spread
+
+    base = [2.0, 2.2, 1.8, 2.4, 2.0, 2.1]
+    other = [1.0, 1.0, 1.2, 1.0, 1.1, 1.0]
+    ratios = [a / b for a, b in zip(base, other)]
+    s = ratio_spread(base, other)
+    q = quantiles(ratios, n=4)
+    assert (s.q1, s.median, s.q3) == pytest.approx((q[0], median(ratios), q[2]))
+    assert s.measurable  # all ratios well above 1
+    same = ratio_spread([1.0, 1.1, 0.9, 1.0], [1.05, 1.0, 1.0, 0.95])
+    assert same.q1 <= 1.0 <= same.q3 and not same.measurable
+    assert ratio_spread([3.0], [1.5]) == type(s)(2.0, 2.0, 2.0)
+    with pytest.raises(ValueError, match="same rounds"):
+        ratio_spread([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="positive"):
+        ratio_spread([1.0], [0.0])
