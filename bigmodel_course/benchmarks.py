@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .attention import MultiHeadAttention
-from .timing import percentiles, ratio_spread, timed
+from .timing import RatioSpread, percentiles, ratio_spread, timed
 
 
 @dataclass
@@ -233,6 +233,7 @@ class GenerateBench:
     new_tokens: int
     n_params: int
     cache_mb: float
+    speedup: RatioSpread | None = None  # round-by-round uncached / cached time
 
 
 def bench_generate(
@@ -258,7 +259,9 @@ def bench_generate(
             outputs[use_cache] = generate(model, prompt, max_new_tokens=new_tokens, use_cache=use_cache)
         return step
 
-    medians = time_interleaved({"without KV cache": run(False), "with KV cache": run(True)}, device, rounds, warmup=1)
+    samples = time_interleaved_samples({"without KV cache": run(False), "with KV cache": run(True)}, device, rounds,
+                                       warmup=1)
+    medians = {name: statistics.median(ts) for name, ts in samples.items()}
     if not torch.equal(outputs[True], outputs[False]):
         raise RuntimeError("cached and uncached greedy outputs differ")
     cache = model.new_cache()
@@ -267,7 +270,8 @@ def bench_generate(
     ref = medians["without KV cache"]
     results = [BenchResult(name, 1e3 * t, t / ref) for name, t in medians.items()]
     n_params = sum(p.numel() for p in model.parameters())
-    return GenerateBench(results, prompt_len, new_tokens, n_params, cache_nbytes(cache) / 2**20)
+    return GenerateBench(results, prompt_len, new_tokens, n_params, cache_nbytes(cache) / 2**20,
+                         ratio_spread(samples["without KV cache"], samples["with KV cache"]))
 
 
 def format_generate(bench: GenerateBench) -> str:
@@ -277,8 +281,10 @@ def format_generate(bench: GenerateBench) -> str:
     for r in bench.results:
         lines.append(f"{r.name:<20}{r.median_ms:>12.1f}{r.median_ms / bench.new_tokens:>10.2f}"
                      f"{plain.median_ms / r.median_ms:>9.2f}x")
-    lines.append(f"KV cache speed-up for {bench.new_tokens} new tokens: {plain.median_ms / cached.median_ms:.2f}x "
-                 f"(cache holds {bench.cache_mb:.2f} MiB at the end)")
+    spread = (f", round-by-round IQR {bench.speedup.q1:.2f}-{bench.speedup.q3:.2f}x"
+              if bench.speedup is not None else "")
+    lines.append(f"KV cache speed-up for {bench.new_tokens} new tokens: {plain.median_ms / cached.median_ms:.2f}x"
+                 f"{spread} (cache holds {bench.cache_mb:.2f} MiB at the end)")
     return "\n".join(lines)
 
 

@@ -55,6 +55,9 @@ def test_bench_generate_times_the_kv_cache(capsys):
     assert [r.name for r in bench.results] == ["without KV cache", "with KV cache"]
     assert bench.cache_mb * 2**20 == 2 * 1 * 1 * 7 * 16 * 4  # keys and values of 7 positions (the last is not fed)
     assert "speed-up for 5 new tokens" in format_generate(bench)
+    assert bench.speedup.q1 <= bench.speedup.median <= bench.speedup.q3
+    three = bench_generate(n_layers=1, width=16, heads=2, vocab=50, prompt_len=3, new_tokens=5, rounds=3)
+    assert "round-by-round IQR" in format_generate(three)
     assert main(["bench", "generate", "--layers", "1", "--width", "16", "--heads", "2", "--vocab", "50",
                  "--prompt", "3", "--new-tokens", "5", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
