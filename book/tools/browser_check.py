@@ -41,6 +41,11 @@ SETTLE_JS = """
 (async () => {
   const deadline = Date.now() + %(timeout_ms)d;
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  // MathJax loads asynchronously: on a page with formulas, wait for it to start before awaiting its typesetting
+  while (Date.now() < deadline && document.querySelector('.math') &&
+         !(window.MathJax && MathJax.startup && MathJax.startup.promise)) {
+    await sleep(100);
+  }
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) await MathJax.startup.promise;
   while (Date.now() < deadline &&
          [...document.querySelectorAll('.mermaid')].some((m) => !m.querySelector('svg'))) {
