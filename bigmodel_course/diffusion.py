@@ -214,7 +214,7 @@ def ddpm_sample(model: DiffusionDenoiser, labels=None, n: int | None = None, see
     unconditional samples when labels is None."""
     if labels is None and (not isinstance(n, int) or n <= 0):
         raise ValueError("give labels, or a positive n for unconditional samples")
-    y = _sample_labels(labels, n if labels is None else 0)
+    y = _sample_labels(labels, n or 0)
     gen = torch.Generator().manual_seed(seed)
     model.eval()
     x = torch.randn(len(y), N_PIXELS, generator=gen)
@@ -233,7 +233,7 @@ def ddpm_inpaint(model: DiffusionDenoiser, images, keep, resample: int = 5, labe
     if not isinstance(resample, int) or resample <= 0:
         raise ValueError(f"resample must be a positive int, got {resample!r}")
     n = len(x_img)
-    y = _sample_labels(labels, 0) if labels is not None else torch.full((n,), NO_LABEL, dtype=torch.long)
+    y = _sample_labels(labels, n)
     if len(y) != n:
         raise ValueError(f"labels must be ({n},), got ({len(y)},)")
     x0 = _to_model(x_img)
