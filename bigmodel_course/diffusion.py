@@ -9,8 +9,8 @@ Inpainting follows RePaint (Lugmayr et al., 2022): at every reverse step the kep
 noised copy of the original, and each step is re-done a few times (one step forward in noise, one back) so the
 generated region has time to agree with the kept one.
 
-Pixels enter and leave every public function on the raw load_digits scale 0..16, like `generative`; the model works
-on x / 8 - 1 in [-1, 1].
+Pixels enter and leave every public function on the raw load_digits scale 0..16, like `image_generation`; the model
+works on x / 8 - 1 in [-1, 1].
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data.vision import DIGITS_IMAGE_SIZE, DIGITS_MAX_VALUE
-from .generative import N_CLASSES, N_PIXELS, _images, _labels, _mask
+from .image_generation import N_CLASSES, N_PIXELS, _images, _labels, _mask
 
 NO_LABEL = N_CLASSES  # the label index that means "any digit"
 

@@ -18,7 +18,7 @@ from .evaluation import accuracy, classification_metrics
 from .model_cache import HISTORY_FILE, load_or_train, publish, read_json, read_meta, read_weights, write_model_files
 from .training import Trainer, TrainConfig
 from .utils import cache_dir, get_profile, seed_everything
-from .vision import ResNetForImageClassification, ViTConfig
+from .vision_models import ResNetForImageClassification, ViTConfig
 
 SVM_GAMMAS = (0.0005, 0.001, 0.002, 0.005)
 SVM_CS = (1.0, 3.0, 10.0)

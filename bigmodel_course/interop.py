@@ -492,10 +492,10 @@ def vit_to_hf(model):
     from transformers import ViTConfig as HFViTConfig
     from transformers import ViTForImageClassification
 
-    from .vision import ViT
+    from .vision_models import ViT
 
     if not isinstance(model, ViT):
-        raise ValueError(f"expected a bigmodel_course.vision.ViT, got {type(model).__name__}")
+        raise ValueError(f"expected a bigmodel_course.vision_models.ViT, got {type(model).__name__}")
     c = model.cfg
     if c.stem_channels:
         raise ValueError(f"a ViT with a convolutional stem (stem_channels={list(c.stem_channels)}) has no "

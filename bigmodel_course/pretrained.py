@@ -33,7 +33,7 @@ from .model_cache import (
     read_weights,
     write_model_files,
 )
-from .pretraining import causal_lm_blocks, make_nsp_pairs, mask_tokens
+from .pretrain_objectives import causal_lm_blocks, make_nsp_pairs, mask_tokens
 from .tokenization import CharTokenizer
 from .training import Trainer, TrainConfig
 from .transformer import GPT, EncoderConfig, EncoderForPreTraining, GPTConfig

@@ -15,7 +15,7 @@ from bigmodel_course.diffusion import (
     evaluate_ddpm,
     train_ddpm,
 )
-from bigmodel_course.generative import damage_mask
+from bigmodel_course.image_generation import damage_mask
 
 
 class Oracle(DiffusionDenoiser):

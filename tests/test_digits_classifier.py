@@ -80,7 +80,7 @@ def test_tuned_svm_chooses_on_validation_and_never_reads_the_test_split():
 def test_fit_digits_reports_train_and_validation_accuracy():
     from bigmodel_course.digits_classifier import FitRecipe, dataset_accuracy, fit_digits
     from bigmodel_course.utils import seed_everything
-    from bigmodel_course.vision import ViT, ViTConfig
+    from bigmodel_course.vision_models import ViT, ViTConfig
 
     splits = digits_splits()
     seed_everything(0)

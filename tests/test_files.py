@@ -152,7 +152,7 @@ import sys, time
 from pathlib import Path
 from bigmodel_course.serving.architectures import build_model
 from bigmodel_course.serving.registry import ModelRegistry
-from bigmodel_course.vision import ViTConfig
+from bigmodel_course.vision_models import ViTConfig
 
 root, go, tag, n = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 reg = ModelRegistry(root)

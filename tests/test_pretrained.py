@@ -22,7 +22,7 @@ from bigmodel_course.pretrained import (
     pretrain,
     split_sentences,
 )
-from bigmodel_course.pretraining import IGNORE_INDEX
+from bigmodel_course.pretrain_objectives import IGNORE_INDEX
 from bigmodel_course.tokenization import CharTokenizer
 from bigmodel_course.transformer import GPT, GPTConfig
 

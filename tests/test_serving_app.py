@@ -15,7 +15,7 @@ from bigmodel_course.serving import LoadedModel, ModelRegistry, build_model, cre
 from bigmodel_course.serving.middleware import INTERNAL_ERROR
 from bigmodel_course.tokenization import CharTokenizer
 from bigmodel_course.transformer import GPTConfig
-from bigmodel_course.vision import ViTConfig
+from bigmodel_course.vision_models import ViTConfig
 
 SENTENCES = ["这本书写得很好，值得推荐", "质量太差了，非常失望", "物流很快，包装也不错", "客服态度恶劣，退货麻烦"]
 TEXTS = ["这本书很好", "太差了，失望", "包装不错，物流快，值得推荐，下次还来"]

@@ -362,7 +362,7 @@ def test_an_oversized_config_is_refused_before_the_model_is_built(fresh, tmp_pat
 
 def test_parameter_count_matches_the_built_model():
     from bigmodel_course.serving.architectures import build_model, parameter_count
-    from bigmodel_course.vision import ViTConfig
+    from bigmodel_course.vision_models import ViTConfig
 
     for architecture, cfg in [
         ("gpt_classifier", GPTConfig(vocab_size=50, max_len=64, d_model=32, n_heads=2, n_layers=5).to_dict()),

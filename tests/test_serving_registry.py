@@ -22,7 +22,7 @@ from bigmodel_course.files import sha256_file
 from bigmodel_course.serving.registry import check_name, check_version
 from bigmodel_course.tokenization import CharTokenizer
 from bigmodel_course.transformer import EncoderConfig, GPTConfig
-from bigmodel_course.vision import ViTConfig
+from bigmodel_course.vision_models import ViTConfig
 
 SENTENCES = ["这本书写得很好", "质量太差了", "物流很快，包装不错", "客服态度恶劣"]
 DIGIT_PREP = {"image_size": 8, "max_value": 16.0, "mean": 4.9, "std": 6.0}

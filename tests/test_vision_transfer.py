@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bigmodel_course.data import digits_splits
-from bigmodel_course.vision import ViT, ViTConfig
+from bigmodel_course.vision_models import ViT, ViTConfig
 from bigmodel_course.vision_transfer import (
     RotationDataset, TransferRecipe, TransferRun, class_part, finetune_run, labelled_subset, pretrain, replace_head,
     run_transfer, summarise, transfer_data,

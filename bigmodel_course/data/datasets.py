@@ -134,7 +134,7 @@ class LMBlockDataset(Dataset):
     """Contiguous non-overlapping blocks of a token stream for causal LM; the model shifts labels itself."""
 
     def __init__(self, token_ids: Sequence[int] | Tensor, block_size: int):
-        from ..pretraining import causal_lm_blocks
+        from ..pretrain_objectives import causal_lm_blocks
 
         self.block_size = block_size
         self.blocks = causal_lm_blocks(token_ids, block_size)

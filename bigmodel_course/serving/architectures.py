@@ -25,14 +25,14 @@ def _encoder_classifier(config: dict) -> nn.Module:
 
 def _vit(config: dict) -> nn.Module:
     """Vision Transformer for small images."""
-    from ..vision import ViT, ViTConfig
+    from ..vision_models import ViT, ViTConfig
 
     return ViT(ViTConfig.from_dict(config))
 
 
 def _resnet18_small(config: dict) -> nn.Module:
     """torchvision ResNet-18 adapted to 8×8 inputs."""
-    from ..vision import ResNetForImageClassification
+    from ..vision_models import ResNetForImageClassification
 
     unknown = set(config) - {"num_classes", "in_channels"}
     if unknown:

@@ -33,7 +33,7 @@ def publish_tiny_models(registry: ModelRegistry, seed: int = 0) -> dict[str, Mod
 
     from ..tokenization import CharTokenizer
     from ..transformer import GPTConfig, GPTForSequenceClassification
-    from ..vision import ViT, ViTConfig
+    from ..vision_models import ViT, ViTConfig
 
     torch.manual_seed(seed)
     untrained = "randomly initialised, untrained: for tests and load tests only"

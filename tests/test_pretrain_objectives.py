@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from bigmodel_course.pretraining import (
+from bigmodel_course.pretrain_objectives import (
     IGNORE_INDEX,
     IS_NEXT,
     NOT_NEXT,

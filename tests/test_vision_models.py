@@ -14,7 +14,7 @@ from bigmodel_course.data import (
     normalise_digits,
 )
 from bigmodel_course.interop import vit_to_hf
-from bigmodel_course.vision import ResNetForImageClassification, ViT, ViTConfig
+from bigmodel_course.vision_models import ResNetForImageClassification, ViT, ViTConfig
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +213,7 @@ def test_vit_matches_transformers(patch_size, activation):
 
 
 def test_vit_to_hf_rejects_other_models():
-    with pytest.raises(ValueError, match="expected a bigmodel_course.vision.ViT"):
+    with pytest.raises(ValueError, match="expected a bigmodel_course.vision_models.ViT"):
         vit_to_hf(ResNetForImageClassification())
     with pytest.raises(ValueError, match=r"convolutional stem \(stem_channels=\[8\]\) has no transformers"):
         vit_to_hf(ViT(ViTConfig(d_model=16, n_heads=2, n_layers=1, stem_channels=(8,))))

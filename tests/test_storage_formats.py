@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_model
 from torch.utils.data import DataLoader
 
-from bigmodel_course.storage import (
+from bigmodel_course.storage_formats import (
     H5BlockDataset,
     compare_weight_formats,
     read_token_blocks,

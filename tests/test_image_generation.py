@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bigmodel_course.data import digits_splits
-from bigmodel_course.generative import (CVAEConfig, ConditionalVAE, damage_mask, digit_probabilities, digit_scores,
-                                        evaluate_vae, grid_labels, hidden_error, inpaint, mean_fill,
-                                        mean_pairwise_distance, sample_images, train_cvae, vae_loss)
+from bigmodel_course.image_generation import (CVAEConfig, ConditionalVAE, damage_mask, digit_probabilities,
+                                              digit_scores, evaluate_vae, grid_labels, hidden_error, inpaint,
+                                              mean_fill, mean_pairwise_distance, sample_images, train_cvae, vae_loss)
 from bigmodel_course.transformer import ModelOutput
 
 
