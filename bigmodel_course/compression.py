@@ -358,7 +358,7 @@ class DistillSpec:
 
 DISTILL_SPECS = {
     "ci": DistillSpec(1, 32, 1, 320, 64, 200, 32, 10, 2e-3, 5, 2.0, 0.5),
-    "full": DistillSpec(2, 64, 2, None, 600, None, 32, 800, 1e-3, 100, 2.0, 0.5, seeds=(0, 1, 2)),
+    "full": DistillSpec(2, 64, 2, None, 600, None, 32, 800, 1e-3, 100, 2.0, 0.5, seeds=(0, 1, 2, 3, 4)),
 }
 STUDENT_KINDS = ("distilled", "control")
 

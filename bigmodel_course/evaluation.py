@@ -90,6 +90,22 @@ def spread(values: list[float]) -> dict:
     return {"mean": float(t.mean()), "sd": sd, "min": float(t.min()), "max": float(t.max()), "n": len(values)}
 
 
+def mean_interval(values: list[float], level: float = 0.95) -> dict:
+    """Mean of repeated measurements (e.g. paired differences over seeds) with its Student-t confidence interval:
+    mean, low, high, level and n. An interval that contains 0 means no measurable difference."""
+    from scipy.stats import t as student_t
+
+    if len(values) < 2:
+        raise ValueError(f"need at least 2 values for an interval, got {len(values)}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("values must be finite")
+    s = spread(values)
+    half = float(student_t.ppf(0.5 + level / 2, s["n"] - 1)) * s["sd"] / math.sqrt(s["n"])
+    return {"mean": s["mean"], "low": s["mean"] - half, "high": s["mean"] + half, "level": level, "n": s["n"]}
+
+
 def mcnemar(right_a: Tensor, right_b: Tensor) -> dict:
     """Exact McNemar test of two classifiers scored on the same examples (`right_*`: bool per example, True where
     that classifier is correct): the examples only a gets right, only b gets right, and the two-sided p-value of

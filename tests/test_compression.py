@@ -218,7 +218,7 @@ def test_student_is_smaller_than_the_teacher(tmp_path):
     assert (cfg.n_layers, cfg.d_model, cfg.d_ff) == (2, 64, 256) and cfg.vocab_size == teacher.cfg.vocab_size
     assert student_dir("distilled", "ci", tmp_path) == tmp_path / "distilled-ci"
     assert student_dir("control", "full", tmp_path, seed=2) == tmp_path / "control-full-seed2"
-    assert DISTILL_SPECS["full"].seeds == (0, 1, 2) and DISTILL_SPECS["ci"].seeds == (0,)
+    assert DISTILL_SPECS["full"].seeds == (0, 1, 2, 3, 4) and DISTILL_SPECS["ci"].seeds == (0,)
     with pytest.raises(ValueError, match="seed must be a non-negative integer, got -1"):
         student_dir("control", "ci", tmp_path, seed=-1)
     with pytest.raises(ValueError, match="unknown student 'big'"):

@@ -4,7 +4,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix as sk_confusion, pr
 
 from bigmodel_course.evaluation import (
     accuracy, calibrate_threshold, classification_metrics, confident_errors, confusion_matrix, mcnemar,
-    precision_recall_f1,
+    mean_interval, precision_recall_f1,
 )
 
 
@@ -91,3 +91,23 @@ def test_mcnemar_edge_cases_and_bad_input():
     assert lopsided["only_a"] == 20 and lopsided["p"] == pytest.approx(2 / 2**20)
     with pytest.raises(ValueError, match="matching 1-D"):
         mcnemar(torch.ones(3, dtype=torch.bool), torch.ones(4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("level", [0.9, 0.95, 0.99])
+def test_mean_interval_matches_scipys_one_sample_t_interval(level):
+    from scipy.stats import ttest_1samp
+
+    values = [0.49, 1.76, 0.06, -0.3, 0.9]
+    ours = mean_interval(values, level)
+    ref = ttest_1samp(values, 0.0).confidence_interval(level)
+    assert (ours["low"], ours["high"]) == pytest.approx((ref.low, ref.high), rel=1e-12)
+    assert ours["mean"] == pytest.approx(sum(values) / 5) and ours["n"] == 5 and ours["level"] == level
+
+
+def test_mean_interval_bad_input():
+    with pytest.raises(ValueError, match="at least 2"):
+        mean_interval([1.0])
+    with pytest.raises(ValueError, match="level"):
+        mean_interval([1.0, 2.0], level=1.0)
+    with pytest.raises(ValueError, match="finite"):
+        mean_interval([1.0, float("nan")])
