@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 from importlib.resources import as_file, files
 
@@ -163,3 +164,24 @@ class Table:
             "<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in row) + "</tr>" for row in self.rows
         )
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def config_table(configs: dict[str, object]) -> Table:
+    """Dataclass configs side by side, one row per field (`configs`: column title -> dataclass instance), so a
+    notebook shows its settings as a table instead of a long repr. Fields missing from a config show as —."""
+    if not configs:
+        raise ValueError("no configs to show")
+    for title, cfg in configs.items():
+        if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+            raise ValueError(f"{title!r} is not a dataclass instance: {type(cfg).__name__}")
+    names: list[str] = []
+    for cfg in configs.values():
+        names += [f.name for f in dataclasses.fields(cfg) if f.name not in names]
+
+    def show(cfg, name: str) -> str:
+        if not hasattr(cfg, name):
+            return "—"
+        value = getattr(cfg, name)
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    return Table(["字段", *configs], [[name, *(show(cfg, name) for cfg in configs.values())] for name in names])

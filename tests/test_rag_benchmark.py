@@ -83,8 +83,8 @@ def test_stop_words_are_measured_on_the_chunks():
 def test_bm25_settings_rank_like_the_index_itself():
     docs = evaluation_corpus(DOCS, frozenset({"self"}))
     settings = bm25_settings(docs, DEV + TEST, chars=(8, 50), stop_fraction=0.5)
-    assert [s.name for s in settings] == ["BM25 8 chars, stop words none", "BM25 8 chars, stop words df>0.5",
-                                          "BM25 50 chars, stop words none", "BM25 50 chars, stop words df>0.5"]
+    assert [s.name for s in settings] == ["BM25，8 字的块，不去停用词", "BM25，8 字的块，去停用词（文档频率 > 0.5）",
+                                          "BM25，50 字的块，不去停用词", "BM25，50 字的块，去停用词（文档频率 > 0.5）"]
     s = settings[2]
     chunks = chunk_documents(docs, max_chars=50, overlap=1)
     index = BM25Index.build(chunks)
@@ -98,7 +98,7 @@ def test_fusion_equals_hybrid_ranking():
     docs = evaluation_corpus(DOCS, frozenset({"self"}))
     bm25 = bm25_settings(docs, DEV + TEST, chars=(50,))
     dense = dense_settings(docs, DEV + TEST, {"chars": CharBagEncoder()}, chars=(8,))
-    assert [d.name for d in dense] == ["dense (chars), 8 chars"]
+    assert [d.name for d in dense] == ["稠密（chars 配方），8 字的块"]
     for k in (1, 60):
         fused = fuse(bm25[0], dense[0], [q.qid for q in DEV + TEST], k)
         for q in DEV + TEST:

@@ -101,10 +101,11 @@ def bm25_settings(docs: Sequence[Document], questions: Sequence[Question], chars
         chunks = chunk_documents(docs, max_chars=max_chars, overlap=1)
         sections = [c.doc_id for c in chunks]
         for stop_name, stop in (("none", frozenset()), (f"df>{stop_fraction}", stop_words(chunks, stop_fraction))):
+            label = "不去停用词" if stop_name == "none" else f"去停用词（文档频率 > {stop_fraction}）"
             index = BM25Index.build(chunks, stopwords=stop)
             scores = {q.qid: index.scores(q.question) for q in questions}
             settings.append(Setting(
-                "BM25", f"BM25 {max_chars} chars, stop words {stop_name}",
+                "BM25", f"BM25，{max_chars} 字的块，{label}",
                 {"chars": max_chars, "stop": stop_name, "n_stop": len(stop), "n_chunks": len(chunks)},
                 {qid: section_ranking(s, sections) for qid, s in scores.items()}, index, sections,
                 {qid: section_ranking(s, sections, positive_only=True) for qid, s in scores.items()}))
@@ -120,7 +121,7 @@ def dense_settings(docs: Sequence[Document], questions: Sequence[Question], enco
             chunks = chunk_documents(docs, max_chars=max_chars, overlap=1)
             sections = [c.doc_id for c in chunks]
             index = DenseIndex.build(chunks, encoder)
-            settings.append(Setting("dense", f"dense ({recipe}), {max_chars} chars",
+            settings.append(Setting("dense", f"稠密（{recipe} 配方），{max_chars} 字的块",
                                     {"recipe": recipe, "chars": max_chars, "n_chunks": len(chunks)},
                                     _rank_all(index, sections, questions), index, sections))
     return settings
@@ -136,7 +137,7 @@ def hybrid_settings(bm25: Sequence[Setting], dense: Sequence[Setting], questions
                     ks: Sequence[float] = RRF_KS) -> list[Setting]:
     """RRF of every BM25 setting without stop words with every dense setting, for each fusion constant k."""
     qids = [q.qid for q in questions]
-    return [Setting("hybrid", f"hybrid RRF k={k}: {b.name} + {d.name}", {"k": k, "bm25": b.name, "dense": d.name},
+    return [Setting("hybrid", f"混合（RRF，k = {k}）：{b.name} + {d.name}", {"k": k, "bm25": b.name, "dense": d.name},
                     fuse(b, d, qids, k))
             for b in bm25 if b.params.get("stop") == "none" for d in dense for k in ks]
 
