@@ -11,7 +11,8 @@ from torch import nn
 from bigmodel_course.data import digits_splits
 from bigmodel_course.image_generation import (CVAEConfig, ConditionalVAE, damage_mask, digit_probabilities,
                                               digit_scores, evaluate_vae, grid_labels, hidden_error, inpaint,
-                                              mean_fill, mean_pairwise_distance, sample_images, train_cvae, vae_loss)
+                                              mean_fill, mean_pairwise_distance, nearest_train_distance,
+                                              sample_images, train_cvae, vae_loss, within_class_diversity)
 from bigmodel_course.transformer import ModelOutput
 
 
@@ -193,3 +194,27 @@ def test_latency_stats_against_numpy_percentile():
     assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3}
     with pytest.raises(ValueError, match="no timings"):
         latency_stats("x", [])
+
+
+def test_within_class_diversity_averages_the_per_digit_pairwise_distances():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 16, (40, 8, 8))
+    labels = np.repeat(np.arange(10), 4)
+    expected = np.mean([np.mean([np.linalg.norm(a - b) for i, a in enumerate(images[labels == d])
+                                 for j, b in enumerate(images[labels == d]) if i != j]) for d in range(10)])
+    assert within_class_diversity(images, labels) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="too few of \\[9\\]"):
+        within_class_diversity(images[:37], labels[:37])
+    with pytest.raises(ValueError, match="labels"):
+        within_class_diversity(images, labels[:-1])
+
+
+def test_nearest_train_distance_is_zero_for_copies_and_the_median_otherwise():
+    rng = np.random.default_rng(1)
+    train = rng.uniform(0, 16, (30, 8, 8))
+    assert nearest_train_distance(train[:5], train) == pytest.approx(0.0, abs=1e-3)
+    shifted = np.clip(train[:3] + 1.0, 0, 16)
+    per_image = [min(np.linalg.norm(s - t) for t in train) for s in shifted]
+    assert nearest_train_distance(shifted, train) == pytest.approx(np.median(per_image), rel=1e-5)
+    with pytest.raises(ValueError, match="train_images"):
+        nearest_train_distance(train[:2], train[:, :4])
