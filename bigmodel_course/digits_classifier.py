@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from .data.vision import DigitSplits, DigitsDataset, digits_augmentation, digits_splits
 from .evaluation import accuracy, classification_metrics
@@ -160,7 +160,13 @@ class DigitsRecipe:
     weight_decay: float = 0.05
     batch_size: int = 64
 
+    def fit_recipe(self) -> FitRecipe:
+        """The same settings as a `fit_digits` recipe (with augmentation)."""
+        return FitRecipe(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, augment=True,
+                         patience=self.patience, batch_size=self.batch_size)
 
+
+TRAIN_THREADS = 1  # the classifier trains on one thread wherever it is trained (see train_resnet_digits)
 RECIPES = {"ci": DigitsRecipe(n_train=300, epochs=1, patience=None),
            "full": DigitsRecipe(n_train=None, epochs=15, patience=10)}
 
@@ -186,34 +192,37 @@ def digits_dir(profile: str | None = None, root: Path | None = None) -> Path:
     return (root or cache_dir("digits")) / f"resnet18-{get_profile(profile).name}"
 
 
+def train_resnet_digits(splits: DigitSplits, recipe: DigitsRecipe, seed: int = 0,
+                        progress: bool = False) -> FitResult:
+    """ResNet-18 initialised with `seed` and trained with `recipe` through `fit_digits`, on TRAIN_THREADS threads:
+    float sums depend on the thread count, so the same seed gives the same model in every notebook and process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_THREADS)
+    try:
+        seed_everything(seed)
+        model = ResNetForImageClassification(num_classes=10, in_channels=1)
+        return fit_digits(model, splits, recipe.fit_recipe(), seed=seed, n_train=recipe.n_train, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def train_digits_classifier(profile: str | None = None, root: Path | None = None, progress: bool = False) -> Path:
-    """Train ResNet-18 on the digits training part with Chapter 4's recipe, publish it atomically, return the folder."""
+    """Train ResNet-18 (seed 0) on the digits training part with Chapter 4's recipe, publish it atomically, return
+    the folder."""
     name = get_profile(profile).name
     recipe = RECIPES[name]
     splits = digits_splits(test_size=0.2, val_size=0.15, seed=0)
-    train = DigitsDataset(splits.x_train, splits.y_train, splits.mean, splits.std, transform=digits_augmentation())
-    if recipe.n_train is not None:
-        train = Subset(train, range(recipe.n_train))
-    val = DigitsDataset(splits.x_val, splits.y_val, splits.mean, splits.std)
     test = DigitsDataset(splits.x_test, splits.y_test, splits.mean, splits.std)
-    seed_everything(0)
-    model = ResNetForImageClassification(num_classes=10, in_channels=1)
-    train_loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True)
-    steps = recipe.epochs * len(train_loader)
-    config = TrainConfig(lr=recipe.lr, weight_decay=recipe.weight_decay, epochs=recipe.epochs,
-                         warmup_steps=max(1, steps // 20), eval_every=len(train_loader), monitor="eval_accuracy",
-                         mode="max", early_stopping_patience=recipe.patience, restore_best=True,
-                         progress=progress, seed=0)
-    trainer = Trainer(model, config, train_loader, DataLoader(val, batch_size=512), metrics_fn=classification_metrics)
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    model = model.cpu().eval()
+    result = train_resnet_digits(splits, recipe, seed=0, progress=progress)
+    model, trainer = result.model.cpu().eval(), result.trainer
+    n_train = len(splits.y_train) if recipe.n_train is None else recipe.n_train
+    steps_per_epoch = math.ceil(n_train / min(recipe.batch_size, n_train))  # as fit_digits' loader
     meta = {"profile": name, "recipe": recipe.__dict__, "architecture": "resnet18_small",
-            "test_accuracy": dataset_accuracy(model, test), "val_accuracy": float(trainer.best_metric),
-            "steps": trainer.step, "epochs": math.ceil(trainer.step / len(train_loader)),  # epochs run
-            "steps_per_epoch": len(train_loader),
-            "best_step": trainer.best_step, "stopped_early": trainer.should_stop, "train_seconds": round(seconds, 1),
+            "test_accuracy": dataset_accuracy(model, test), "val_accuracy": result.val_accuracy,
+            "steps": trainer.step, "epochs": math.ceil(trainer.step / steps_per_epoch),  # epochs run
+            "steps_per_epoch": steps_per_epoch,
+            "best_step": trainer.best_step, "stopped_early": trainer.should_stop,
+            "train_seconds": round(result.seconds, 1), "threads": TRAIN_THREADS,
             "preprocessing": {"mean": splits.mean, "std": splits.std}, "config": model.config,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     target = digits_dir(name, root)

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from bigmodel_course.data import DigitsDataset, digits_splits
-from bigmodel_course.digits_classifier import digits_dir, load_digits_classifier
+from bigmodel_course.digits_classifier import (RECIPES, TRAIN_THREADS, digits_dir, load_digits_classifier,
+                                               train_resnet_digits)
 from bigmodel_course.evaluation import accuracy
 
 
@@ -26,6 +27,20 @@ def test_trains_once_and_reports_its_own_test_accuracy(trained):
     evals = [r for r in clf.history if "eval_accuracy" in r]  # one evaluation per epoch, the best one restored
     assert len(evals) == clf.meta["epochs"] and clf.meta["steps"] == clf.meta["epochs"] * clf.meta["steps_per_epoch"]
     assert max(r["eval_accuracy"] for r in evals) == pytest.approx(clf.meta["val_accuracy"])
+
+
+def test_the_cached_classifier_is_seed_0_of_train_resnet_digits_on_fixed_threads(trained):
+    _, clf = trained
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2 if TRAIN_THREADS == 1 else 1)   # the caller's thread count must not matter...
+    try:
+        again = train_resnet_digits(digits_splits(), RECIPES["ci"], seed=0)
+        assert torch.get_num_threads() == (2 if TRAIN_THREADS == 1 else 1)   # ...and is given back
+    finally:
+        torch.set_num_threads(threads)
+    assert clf.meta["threads"] == TRAIN_THREADS
+    for a, b in zip(clf.model.state_dict().values(), again.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_second_load_reads_the_cache(trained):
