@@ -124,16 +124,20 @@ class CompressionRow:
 
 
 def latency_batches(tokenizer, texts: list[str], max_len: int, batch_size: int = 32, seed: int = 0) -> dict[str, dict]:
-    """Timing inputs: the text of median length alone, and `batch_size` texts drawn with `seed`, padded per batch."""
+    """Timing inputs: the text of median length alone ("batch1"), and `batch_size` texts drawn with `seed`, padded
+    per batch ("batch{batch_size}"); with batch_size 1 there is only the median text."""
     from .data import ClassificationDataset
 
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if len(texts) < batch_size:
         raise ValueError(f"need at least {batch_size} texts for the batch, got {len(texts)}")
     order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
     median = [texts[order[len(order) // 2]]]
     drawn = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed))[:batch_size].tolist()
     out = {}
-    for name, chosen in (("batch1", median), (f"batch{batch_size}", [texts[i] for i in drawn])):
+    wanted = [("batch1", median)] + ([(f"batch{batch_size}", [texts[i] for i in drawn])] if batch_size > 1 else [])
+    for name, chosen in wanted:
         ds = ClassificationDataset(chosen, [0] * len(chosen), tokenizer, max_len)
         batch = ds.collate([ds[i] for i in range(len(ds))])
         batch.pop("labels")

@@ -244,6 +244,10 @@ def test_latency_batches_and_table_format():
     assert "labels" not in batches["batch1"]
     with pytest.raises(ValueError, match="need at least 32 texts"):
         latency_batches(tok, texts[:5], 16)
+    single = latency_batches(tok, texts, max_len=16, batch_size=1)       # the median text, not a random one
+    assert list(single) == ["batch1"] and torch.equal(single["batch1"]["input_ids"], batches["batch1"]["input_ids"])
+    with pytest.raises(ValueError, match="batch_size"):
+        latency_batches(tok, texts, 16, batch_size=0)
     table = format_compression([CompressionRow("a", 4.0, 2.0, 20.0, 0.80), CompressionRow("b", 1.0, 1.0, 5.0, 0.79)])
     assert "4.00x" in table and "2.00x" in table and "-1.00" in table
 
