@@ -195,9 +195,13 @@ def bench_compression(profile: str | None = None, rounds: int = 30, progress: bo
     n_test = DISTILL_SPECS[profile].n_test
     test_texts, test_labels = splits.test_texts[:n_test], splits.test_labels[:n_test]
     inputs = latency_batches(tokenizer, test_texts, max_len)
-    fns = {(name, b): (lambda m=m, x=x: m(**x)) for name, m in variants.items() for b, x in inputs.items()}
-    with torch.no_grad():
-        samples = time_interleaved_samples(fns, torch.device("cpu"), rounds)
+    samples = {}
+    # one interleaved loop per batch size: a 1-review call timed right after a 32-review call runs with cold caches,
+    # and mixing the sizes made the single-review speed-ups depend on which model came after a big call
+    for b, x in inputs.items():
+        fns = {(name, b): (lambda m=m, x=x: m(**x)) for name, m in variants.items()}
+        with torch.no_grad():
+            samples.update(time_interleaved_samples(fns, torch.device("cpu"), rounds))
     medians = {key: statistics.median(ts) for key, ts in samples.items()}
     ref = next(iter(variants))
 
