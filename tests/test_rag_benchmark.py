@@ -98,7 +98,7 @@ def test_fusion_equals_hybrid_ranking():
     docs = evaluation_corpus(DOCS, frozenset({"self"}))
     bm25 = bm25_settings(docs, DEV + TEST, chars=(50,))
     dense = dense_settings(docs, DEV + TEST, {"chars": CharBagEncoder()}, chars=(8,))
-    assert [d.name for d in dense] == ["稠密（chars 配方），8 字的块"]
+    assert [d.name for d in dense] == ["稠密（chars），8 字的块"]
     for k in (1, 60):
         fused = fuse(bm25[0], dense[0], [q.qid for q in DEV + TEST], k)
         for q in DEV + TEST:

@@ -121,7 +121,7 @@ def dense_settings(docs: Sequence[Document], questions: Sequence[Question], enco
             chunks = chunk_documents(docs, max_chars=max_chars, overlap=1)
             sections = [c.doc_id for c in chunks]
             index = DenseIndex.build(chunks, encoder)
-            settings.append(Setting("dense", f"稠密（{recipe} 配方），{max_chars} 字的块",
+            settings.append(Setting("dense", f"稠密（{recipe}），{max_chars} 字的块",
                                     {"recipe": recipe, "chars": max_chars, "n_chunks": len(chunks)},
                                     _rank_all(index, sections, questions), index, sections))
     return settings
