@@ -139,9 +139,7 @@ def image_mosaic(images, per_row: int, gap: int = 1) -> np.ndarray:
 
 def mosaic_cmap(name: str = "gray_r") -> matplotlib.colors.Colormap:
     """A copy of colormap `name` that draws NaN (gaps, hidden pixels) as white."""
-    cmap = plt.get_cmap(name).copy()
-    cmap.set_bad("white")
-    return cmap
+    return plt.get_cmap(name).with_extremes(bad="white")
 
 
 class Table:
