@@ -348,7 +348,16 @@ class Chromium:
                 self._proc.kill()
                 self._proc.wait()
         self._log.close()
-        self._profile.cleanup()
+        # Chromium's helper processes can still be writing into the profile for a moment after the browser exits
+        # ("Directory not empty"): retry the removal briefly before giving up.
+        for attempt in range(40):
+            try:
+                self._profile.cleanup()
+                return
+            except OSError:
+                if attempt == 39:
+                    raise
+                time.sleep(0.25)
 
     def __enter__(self) -> "Chromium":
         return self
