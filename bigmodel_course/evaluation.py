@@ -90,6 +90,13 @@ def spread(values: list[float]) -> dict:
     return {"mean": float(t.mean()), "sd": sd, "min": float(t.min()), "max": float(t.max()), "n": len(values)}
 
 
+def format_spread(values: list[float], fmt: str = "{:.1f}", scale: float = 1.0) -> str:
+    """'mean ± sample standard deviation' of repeated measurements for a table cell, each number written with
+    `fmt` after multiplying by `scale` (e.g. 100 for percent); a single value shows just itself."""
+    s = spread([v * scale for v in values])
+    return fmt.format(s["mean"]) + ("" if s["n"] == 1 else f" ± {fmt.format(s['sd'])}")
+
+
 def mean_interval(values: list[float], level: float = 0.95) -> dict:
     """Mean of repeated measurements (e.g. paired differences over seeds) with its Student-t confidence interval:
     mean, low, high, level and n. An interval that contains 0 means no measurable difference."""

@@ -3,8 +3,8 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix as sk_confusion, precision_recall_fscore_support
 
 from bigmodel_course.evaluation import (
-    accuracy, calibrate_threshold, classification_metrics, confident_errors, confusion_matrix, mcnemar,
-    mean_interval, precision_recall_f1,
+    accuracy, calibrate_threshold, classification_metrics, confident_errors, confusion_matrix, format_spread,
+    mcnemar, mean_interval, precision_recall_f1,
 )
 
 
@@ -102,6 +102,17 @@ def test_mean_interval_matches_scipys_one_sample_t_interval(level):
     ref = ttest_1samp(values, 0.0).confidence_interval(level)
     assert (ours["low"], ours["high"]) == pytest.approx((ref.low, ref.high), rel=1e-12)
     assert ours["mean"] == pytest.approx(sum(values) / 5) and ours["n"] == 5 and ours["level"] == level
+
+
+def test_format_spread_matches_numpy_mean_and_sample_sd():
+    import numpy as np
+
+    values = [0.912, 0.875, 0.95]
+    mean, sd = np.mean(values) * 100, np.std(values, ddof=1) * 100
+    assert format_spread(values, "{:.2f}%", 100) == f"{mean:.2f}% ± {sd:.2f}%"
+    assert format_spread([3.25]) == "3.2"  # one seed: no spread to show
+    with pytest.raises(ValueError, match="no values"):
+        format_spread([])
 
 
 def test_mean_interval_bad_input():
