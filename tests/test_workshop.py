@@ -130,6 +130,19 @@ def test_render_formats_minutes_and_totals():
     assert [m["full_busy"] for m in ROW.finditer(marked)] == [None, "\\*"]
 
 
+def test_prime_entries_must_exist_in_the_live_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("BIGMODEL_CACHE", str(tmp_path))
+    (tmp_path / "sentiment" / "gpt-full").mkdir(parents=True)
+    assert time_notebooks.prime_sources(["sentiment/gpt-full"], {"ch05_compute.ipynb"}) == {
+        "sentiment/gpt-full": tmp_path / "sentiment" / "gpt-full"}
+    assert time_notebooks.prime_sources([], set()) == {}
+    for entry in ("sentiment/gpt-ci", "../sentiment/gpt-full"):
+        with pytest.raises(SystemExit, match="no such entry"):
+            time_notebooks.prime_sources([entry], {"ch05_compute.ipynb"})
+    with pytest.raises(SystemExit, match="only applies"):
+        time_notebooks.prime_sources(["sentiment/gpt-full"], set())
+
+
 def test_a_notebook_without_a_title_is_refused(tmp_path):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("没有标题"), nbformat.v4.new_code_cell("1")])
     path = tmp_path / "x.ipynb"

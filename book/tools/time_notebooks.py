@@ -142,7 +142,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="rewrite the table from the last run's timings.json without running anything")
     parser.add_argument("--only", nargs="+", metavar="NOTEBOOK",
                         help="re-time just these notebooks (file names), each from an empty cache, keeping the "
-                             "last run's other numbers; refused for a notebook that found models in the cache")
+                             "last run's other numbers; refused for a notebook that found models in the cache "
+                             "unless --prime supplies them")
+    parser.add_argument("--prime", nargs="+", metavar="ENTRY", default=[],
+                        help="with --only: cache entries (e.g. sentiment/gpt-full) copied from the live model cache "
+                             "into the empty cache before each run, standing in for what the earlier notebooks "
+                             "leave there in a book-order run")
     args = parser.parse_args(argv)
     if args.child:
         nb, profile, out = args.child
@@ -159,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only or [])
     if unknown := only - {p.name for p in notebooks}:
         raise SystemExit(f"not chapter notebooks of the book: {sorted(unknown)}")
+    primed = prime_sources(args.prime, only)
     if set(profiles) != set(PROFILES) or only:
         last = previous_timings(args.out / "timings.json", args.table)
         previous = {r["notebook"]: r for r in last}
@@ -170,9 +176,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             row.update({p: previous[row["notebook"]][p] for p in PROFILES})
             for p in profiles:
-                if row["notebook"] in only and previous.get(row["notebook"], {}).get(p, {}).get("cache_before"):
-                    raise SystemExit(f"{row['notebook']} ({p}) used models an earlier notebook cached: "
-                                     "re-time the whole profile instead")
+                found = set(previous.get(row["notebook"], {}).get(p, {}).get("cache_before", [])) - {"registry"}
+                if row["notebook"] in only and (missing_entries := found - {e.split("/")[0] for e in primed}):
+                    raise SystemExit(f"{row['notebook']} ({p}) used models an earlier notebook cached "
+                                     f"({sorted(missing_entries)}): supply them with --prime or re-time the "
+                                     "whole profile")
     for profile in profiles:
         cache = args.out / f"cache-{profile}"
         if cache.exists():
@@ -186,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             if only:  # each from an empty cache, as it met it in the full run
                 shutil.rmtree(cache)
                 cache.mkdir()
+                for entry, source in primed.items():
+                    shutil.copytree(source, cache / entry)
             row[profile] = time_one(path, profile, args.out, env)
             r = row[profile]
             print(f"{profile:4s} {path.name}: {r['seconds']:.1f} s, peak {r['peak_mib']:,} MiB, "
@@ -215,6 +225,24 @@ def previous_timings(json_path: Path, table: Path) -> list[dict]:
         rows.append({"notebook": m["nb"], "title": m["title"], "ci": measured("ci", 0),
                      "full": measured("full", int(m["peak"].replace(",", "")))})
     return rows
+
+
+def prime_sources(entries: list[str], only: set[str]) -> dict[str, Path]:
+    """Check the --prime entries against the live model cache: entry -> the folder to copy."""
+    if not entries:
+        return {}
+    if not only:
+        raise SystemExit("--prime only applies to notebooks re-timed with --only")
+    from bigmodel_course.utils import cache_dir
+
+    live = cache_dir()
+    sources = {}
+    for entry in entries:
+        source = live / entry
+        if Path(entry).is_absolute() or ".." in Path(entry).parts or not source.is_dir():
+            raise SystemExit(f"--prime {entry}: no such entry in the model cache {live}")
+        sources[entry] = source
+    return sources
 
 
 def write_table(path: Path, text: str) -> None:
