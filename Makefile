@@ -19,7 +19,7 @@ help:
 	@echo "make browser-deps install Chromium and a CJK font with apt-get (root, Debian/Ubuntu) for the browser and PDF tests"
 	@echo "make notebooks    re-run every chapter notebook with the full profile and store its outputs"
 	@echo "make notebook NB=chapters/ch01_attention.ipynb   the same for one notebook"
-	@echo "make timings      time every notebook (ci and full, empty model cache) into book/workshop_timings.md (about 3.5 h on 2 cores)"
+	@echo "make timings      time every notebook (ci and full, empty model cache) into book/workshop_timings.md (about 4 h on 2 cores)"
 	@echo "make bench        bigmodel-course bench attention"
 	@echo "make student      student notebooks (solutions removed, outputs cleared) into build/student/ (OUT=... to change)"
 

@@ -92,6 +92,28 @@ def test_the_prose_matches_the_measurements():
             assert minutes["ci"][path.name] < 1.0, f"{path.name} promises a ci run in tens of seconds"
 
 
+INTRO = ROOT / "book" / "intro.md"
+INTRO_ROW = re.compile(r"^\| `(?P<nb>\w+)` \| (?P<full>[\d.]+) \| ", re.MULTILINE)
+INTRO_REST = re.compile(r"其余笔记本的 `full` 档位都在 (?P<bound>\d+) 分钟以内")
+
+
+def test_the_preface_lists_the_longest_notebooks_as_the_table_measured_them():
+    """The preface's "how long is the first run" table: the table's longest `full` runs, with their minutes."""
+    rows, _ = table()
+    text = INTRO.read_text(encoding="utf-8")
+    section = text[text.index("(intro-long-runs)="):]
+    listed = [(m["nb"], m["full"]) for m in INTRO_ROW.finditer(section)]
+    assert listed, "book/intro.md has no table of the longest notebooks"
+    longest = sorted(rows, key=lambda r: float(r["full"]), reverse=True)[:len(listed)]
+    assert listed == [(r["nb"].removesuffix(".ipynb"), r["full"]) for r in longest], \
+        "book/intro.md's longest-notebook table does not match book/workshop_timings.md"
+    bound = INTRO_REST.search(section)
+    assert bound, "book/intro.md no longer bounds the other notebooks' full runs"
+    rest = sorted(rows, key=lambda r: float(r["full"]), reverse=True)[len(listed):]
+    assert all(float(r["full"]) < int(bound["bound"]) for r in rest), \
+        f"a notebook the preface does not list takes {bound['bound']} min or more"
+
+
 def test_the_longest_and_largest_notebooks_are_the_ones_the_guide_names():
     rows, _ = table()
     text = GUIDE.read_text(encoding="utf-8")
