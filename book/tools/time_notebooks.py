@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         for path, row in zip(notebooks, rows):
             if only and path.name not in only:
                 continue
-            if only:  # each from an empty cache, as it met it in the full run
+            if only:  # each from an empty cache (plus what --prime copies), as it met it in the full run
                 shutil.rmtree(cache)
                 cache.mkdir()
                 for entry, source in primed.items():
